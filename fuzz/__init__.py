@@ -1,0 +1,1 @@
+"""Fuzzing: op-program format, harnesses, mutators, campaign runner, triage, benchmarks."""

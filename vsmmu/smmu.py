@@ -1,0 +1,754 @@
+"""The emulated SMMUv3 device.
+
+Software reaches it only as real software would: 32/64-bit register accesses
+(`read`/`write`) and memory it shares (stream tables, CDs, page tables,
+queues).  Devices reach it through `dma` (a transaction) and `ats_request`
+(a PCIe ATS translation request).  Everything else is internal.
+
+Model choices where the architecture leaves room (each is also in README):
+  * register writes take effect and are acknowledged at once (CR0ACK,
+    IRQ_CTRLACK, GBPA.UPDATE clear on completion);
+  * the command queue is consumed when PROD, CR0 or GERRORN is written, at
+    most `cmdq_budget` commands per doorbell; `tick()` continues the rest;
+  * terminate model only (IDR0.STALL_MODEL=0b01): no stalls, no PRI queue;
+  * caches keep stale entries wherever invalidation is not architecturally
+    guaranteed (see tlb.py), so software that forgets a command is caught.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+from .decode import (
+    DSS_BYPASS,
+    DSS_SUBSTREAM0,
+    DSS_TERMINATE,
+    EATS_ABORT,
+    EATS_S1CHK,
+    S1_FMT_2LVL_4K,
+    S1_FMT_LINEAR,
+    ContextConfig,
+    StreamConfig,
+    decode_cd,
+    decode_ste,
+)
+from .faults import RECORD_CONTROLLED, Fault, FaultError
+from .features import Features
+from .layouts import (
+    COMMANDS,
+    L1_CD,
+    L1_STD,
+    REG,
+    REG_AT,
+    CmdError,
+    Config,
+    Event,
+    FaultClass,
+    Op,
+)
+from .memory import BusError, PhysMem
+from .queue import QueueGeometry
+from .tlb import S2_ONLY, ConfigCache, Iotlb, TlbEntry
+from .walk import Access, Perm, walk_s1, walk_s2
+
+STE_SIZE, CD_SIZE, CMD_SIZE, EVT_SIZE = 64, 64, 16, 32
+READ = Access()
+_TLBI_GRANULE = {1: 4096, 2: 16384, 3: 65536}
+_L = {name: reg.layout for name, reg in REG.items()}  # register layouts by name
+
+
+class Initiator(NamedTuple):
+    """Who performs a memory access: observers (invariant checkers) key on it."""
+
+    smmu: str
+    purpose: str  # "ste" "cd" "ptw" "cmdq" "evtq" "msi" "dma"
+    sid: int | None = None
+
+
+class Aborted(Exception):
+    """A transaction terminated without an event (abort STE, GBPA.ABORT)."""
+
+
+@dataclass(frozen=True)
+class DmaResult:
+    ok: bool
+    pa: int | None = None  # output address of the first byte
+    data: bytes | None = None  # what a read returned
+    fault: Fault | None = None  # the fault that stopped it, recorded or not
+    recorded: bool = False  # whether `fault` was written as an event
+    bus_error: bool = False  # translation succeeded, the memory access failed
+
+
+@dataclass(frozen=True)
+class AtsResult:
+    ok: bool
+    out: int | None = None  # PA, or IPA for a split-stage (EATS=S1CHK) stream
+    size: int = 0
+    perm: Perm | None = None
+    fault: Fault | None = None
+
+
+class Smmu:
+    def __init__(self, mem: PhysMem, features: Features | None = None, name: str = "smmu0"):
+        self.mem = mem
+        self.feat = features or Features()
+        self.name = name
+        self.id_regs = self.feat.id_registers()
+        self.iotlb = Iotlb(self.feat.tlb_entries)
+        self.config_cache = ConfigCache(self.feat.config_entries)
+        self.cmdq_budget = 1024
+        self.reset()
+
+    def reset(self) -> None:
+        self.regs: dict[str, int] = {r.name: 0 for r in REG.values()}
+        self.regs.update(self.id_regs)
+        self.regs["GBPA"] = _L["GBPA"].encode(SHCFG=1)  # use incoming shareability
+        self.iotlb.all()
+        self.config_cache.clear()
+        self.irqs: Counter[str] = Counter()  # wired interrupts: eventq, gerror, cmd_sync, sev
+        self.events_lost = 0
+        self.atc: dict[tuple[int, int | None], list[tuple[int, int, int, Perm]]] = {}
+        self.unresponsive_atc: set[int] = set()  # SIDs whose ATC never acks invalidation
+        self._atc_inv_timed_out = False
+
+    # ------------------------------------------------------------ registers
+    def _f(self, reg: str, field: str) -> int:
+        return _L[reg].get(self.regs[reg], field)
+
+    def _enabled(self, field: str) -> bool:
+        """An enable counts while set in CR0 or not yet cleared in CR0ACK."""
+        return bool(self._f("CR0", field) or self._f("CR0ACK", field))
+
+    def read(self, offset: int, size: int = 4) -> int:
+        reg, shift = self._resolve(offset, size)
+        if reg is None:
+            return 0  # RAZ: unimplemented or misaligned
+        return (self.regs[reg.name] >> shift) & ((1 << (8 * size)) - 1)
+
+    def write(self, offset: int, value: int, size: int = 4) -> None:
+        reg, shift = self._resolve(offset, size)
+        if reg is None:
+            return  # WI
+        mask = ((1 << (8 * size)) - 1) << shift
+        merged = (self.regs[reg.name] & ~mask) | ((value << shift) & mask)
+        self._write_reg(reg.name, merged & reg.layout.defined_mask)
+
+    def _resolve(self, offset: int, size: int):
+        """The register and bit shift an access reaches: whole registers, or
+        32-bit halves of 64-bit ones.  Anything else is RAZ/WI."""
+        if size not in (4, 8) or offset % size:
+            return None, 0
+        reg = REG_AT.get(offset)
+        if reg is not None and size <= reg.size:
+            return reg, 0
+        reg = REG_AT.get(offset - 4)
+        if reg is not None and reg.size == 8 and size == 4:
+            return reg, 32
+        return None, 0
+
+    _READ_ONLY = frozenset(
+        {"IDR0", "IDR1", "IDR2", "IDR3", "IDR4", "IDR5", "IIDR", "AIDR", "CR0ACK",
+         "STATUSR", "IRQ_CTRLACK", "GERROR"}
+    )
+    # Registers that ignore writes while the named CR0 / IRQ_CTRL enable is on.
+    _LOCKED_BY = {
+        "CR1": ("CR0", "SMMUEN"), "CR2": ("CR0", "SMMUEN"),
+        "STRTAB_BASE": ("CR0", "SMMUEN"), "STRTAB_BASE_CFG": ("CR0", "SMMUEN"),
+        "CMDQ_BASE": ("CR0", "CMDQEN"), "CMDQ_CONS": ("CR0", "CMDQEN"),
+        "EVENTQ_BASE": ("CR0", "EVENTQEN"), "EVENTQ_PROD": ("CR0", "EVENTQEN"),
+        "GERROR_IRQ_CFG0": ("IRQ_CTRL", "GERROR_IRQEN"),
+        "GERROR_IRQ_CFG1": ("IRQ_CTRL", "GERROR_IRQEN"),
+        "GERROR_IRQ_CFG2": ("IRQ_CTRL", "GERROR_IRQEN"),
+        "EVENTQ_IRQ_CFG0": ("IRQ_CTRL", "EVENTQ_IRQEN"),
+        "EVENTQ_IRQ_CFG1": ("IRQ_CTRL", "EVENTQ_IRQEN"),
+        "EVENTQ_IRQ_CFG2": ("IRQ_CTRL", "EVENTQ_IRQEN"),
+    }
+
+    def _locked(self, name: str) -> bool:
+        lock = self._LOCKED_BY.get(name)
+        if lock is None:
+            return False
+        reg, field = lock
+        if reg == "CR0":
+            return self._enabled(field)
+        return bool(self._f("IRQ_CTRL", field) or self._f("IRQ_CTRLACK", field))
+
+    def _write_reg(self, name: str, value: int) -> None:
+        if name in self._READ_ONLY or self._locked(name):
+            return
+        if name == "GBPA":
+            if _L["GBPA"].get(value, "UPDATE"):  # only an UPDATE write takes effect
+                self.regs["GBPA"] = _L["GBPA"].put(value, "UPDATE", 0)
+            return
+        if name == "CR0":
+            value &= ~_L["CR0"]["PRIQEN"].mask  # no PRI queue
+            if not self.feat.ats:
+                value &= ~_L["CR0"]["ATSCHK"].mask
+            self.regs["CR0"] = self.regs["CR0ACK"] = value
+            self.process_cmdq()
+            return
+        if name == "IRQ_CTRL":
+            value &= ~_L["IRQ_CTRL"]["PRIQ_IRQEN"].mask
+            self.regs["IRQ_CTRL"] = self.regs["IRQ_CTRLACK"] = value
+            return
+        if name == "CMDQ_CONS":
+            rd = _L["CMDQ_CONS"].get(value, "RD")  # ERR belongs to the SMMU
+            value = _L["CMDQ_CONS"].put(self.regs["CMDQ_CONS"], "RD", rd)
+        self.regs[name] = value
+        if name in ("CMDQ_PROD", "GERRORN"):
+            self.process_cmdq()
+
+    # -------------------------------------------------------------- GERROR
+    def _gerror(self, bit: str) -> None:
+        """Activate a global error (toggle GERROR unless already active) and signal it."""
+        f = _L["GERROR"][bit]
+        if f.get(self.regs["GERROR"]) != f.get(self.regs["GERRORN"]):
+            return
+        self.regs["GERROR"] ^= f.mask
+        if self._f("IRQ_CTRLACK", "GERROR_IRQEN"):
+            self._signal("GERROR", "gerror", "MSI_GERROR_ABT_ERR")
+
+    def gerror_active(self, bit: str) -> bool:
+        f = _L["GERROR"][bit]
+        return f.get(self.regs["GERROR"]) != f.get(self.regs["GERRORN"])
+
+    def _signal(self, queue: str, irq: str, abt_bit: str) -> None:
+        """An interrupt as an MSI when configured, else a wired pulse."""
+        addr = _L[f"{queue}_IRQ_CFG0"].get(self.regs[f"{queue}_IRQ_CFG0"], "ADDR")
+        if self.feat.msi and addr:
+            self._msi_write(addr, self.regs[f"{queue}_IRQ_CFG1"], abt_bit)
+        else:
+            self.irqs[irq] += 1
+
+    def _msi_write(self, addr: int, data: int, abt_bit: str) -> None:
+        try:
+            self.mem.write_int(addr, data & 0xFFFFFFFF, 4, Initiator(self.name, "msi"))
+        except BusError:
+            if abt_bit != "MSI_GERROR_ABT_ERR":
+                self._gerror(abt_bit)
+            else:  # a failed GERROR MSI is reported without signalling again
+                f = _L["GERROR"][abt_bit]
+                if f.get(self.regs["GERROR"]) == f.get(self.regs["GERRORN"]):
+                    self.regs["GERROR"] ^= f.mask
+
+    # --------------------------------------------------------- event queue
+    def _evtq(self) -> QueueGeometry:
+        base = self.regs["EVENTQ_BASE"]
+        return QueueGeometry.from_base_reg(
+            _L["EVENTQ_BASE"].get(base, "ADDR"), _L["EVENTQ_BASE"].get(base, "LOG2SIZE"),
+            self.feat.eventqs, EVT_SIZE,
+        )
+
+    def record(self, fault: Fault) -> bool:
+        """Write an event record; False when it was lost (queue off, full, or abort)."""
+        if not self._f("CR0ACK", "EVENTQEN"):
+            self.events_lost += 1
+            return False
+        q = self._evtq()
+        prod, cons = self.regs["EVENTQ_PROD"], self.regs["EVENTQ_CONS"]
+        if q.full(_L["EVENTQ_PROD"].get(prod, "WR"), _L["EVENTQ_CONS"].get(cons, "RD")):
+            # Overflow: flag it once (OVFLG != OVACKFLG) and lose the record.
+            if _L["EVENTQ_PROD"].get(prod, "OVFLG") == _L["EVENTQ_CONS"].get(cons, "OVACKFLG"):
+                self.regs["EVENTQ_PROD"] = prod ^ _L["EVENTQ_PROD"]["OVFLG"].mask
+            self.events_lost += 1
+            return False
+        wr = _L["EVENTQ_PROD"].get(prod, "WR")
+        try:
+            self.mem.write(q.addr(wr), fault.encode().to_bytes(EVT_SIZE, "little"),
+                           Initiator(self.name, "evtq", fault.sid))
+        except BusError:
+            self._gerror("EVENTQ_ABT_ERR")
+            self.events_lost += 1
+            return False
+        self.regs["EVENTQ_PROD"] = _L["EVENTQ_PROD"].put(prod, "WR", q.inc(wr))
+        if self._f("IRQ_CTRLACK", "EVENTQ_IRQEN"):
+            self._signal("EVENTQ", "eventq", "MSI_EVENTQ_ABT_ERR")
+        return True
+
+    # ------------------------------------------------------- command queue
+    def _cmdq(self) -> QueueGeometry:
+        base = self.regs["CMDQ_BASE"]
+        return QueueGeometry.from_base_reg(
+            _L["CMDQ_BASE"].get(base, "ADDR"), _L["CMDQ_BASE"].get(base, "LOG2SIZE"),
+            self.feat.cmdqs, CMD_SIZE,
+        )
+
+    def cmdq_pending(self) -> int:
+        q = self._cmdq()
+        return q.used(_L["CMDQ_PROD"].get(self.regs["CMDQ_PROD"], "WR"),
+                      _L["CMDQ_CONS"].get(self.regs["CMDQ_CONS"], "RD"))
+
+    def tick(self) -> None:
+        """Let time pass: consume more of the command queue."""
+        self.process_cmdq()
+
+    def process_cmdq(self) -> int:
+        """Consume up to `cmdq_budget` commands; returns how many completed."""
+        if not self._f("CR0ACK", "CMDQEN") or self.gerror_active("CMDQ_ERR"):
+            return 0
+        q = self._cmdq()
+        done = 0
+        while done < self.cmdq_budget:
+            cons_reg = self.regs["CMDQ_CONS"]
+            cons = _L["CMDQ_CONS"].get(cons_reg, "RD")
+            if q.empty(_L["CMDQ_PROD"].get(self.regs["CMDQ_PROD"], "WR"), cons):
+                break
+            try:
+                cmd = self.mem.read_int(q.addr(cons), CMD_SIZE, Initiator(self.name, "cmdq"))
+            except BusError:
+                err = CmdError.ABT
+            else:
+                err = self.execute(cmd)
+            if err:  # CONS stays on the failed command until software acks GERROR
+                self.regs["CMDQ_CONS"] = _L["CMDQ_CONS"].put(cons_reg, "ERR", err)
+                self._gerror("CMDQ_ERR")
+                break
+            self.regs["CMDQ_CONS"] = _L["CMDQ_CONS"].put(cons_reg, "RD", q.inc(cons))
+            done += 1
+        return done
+
+    def execute(self, cmd: int) -> CmdError:
+        """Perform one 128-bit command; returns the CERROR code (NONE: success)."""
+        layout = COMMANDS.get(cmd & 0xFF)
+        if layout is None:
+            return CmdError.ILL
+        c = layout.decode(cmd)
+        if c.get("SSEC"):
+            return CmdError.ILL  # Secure streams are not reachable from this queue
+        op = Op(c.OP)
+        handler = getattr(self, f"_cmd_{op.name.lower()}", None)
+        if handler is None:  # EL2/EL3 TLBIs: no EL2 streams (IDR0.HYP=0), NS queue
+            return CmdError.ILL
+        return handler(c) or CmdError.NONE
+
+    def _cmd_prefetch_config(self, c) -> None:
+        try:  # a hint: errors are not reported
+            stream = self._stream(c.SID)
+            if stream.stage1:
+                self._context(c.SID, stream, c.SSID if c.SSV else 0)
+        except (FaultError, Aborted):
+            pass
+
+    def _cmd_prefetch_addr(self, c) -> None:
+        self._cmd_prefetch_config(c)
+
+    def _cmd_cfgi_ste(self, c) -> None:
+        self.config_cache.inv_ste(c.SID, 1)
+
+    def _cmd_cfgi_ste_range(self, c) -> None:
+        if c.RANGE == 31:
+            self.config_cache.clear()
+        else:
+            span = 1 << (c.RANGE + 1)
+            self.config_cache.inv_ste(c.SID & ~(span - 1), span)
+
+    def _cmd_cfgi_cd(self, c):
+        if not self.feat.s1p:
+            return CmdError.ILL
+        self.config_cache.inv_cd(c.SID, c.SSID)
+
+    def _cmd_cfgi_cd_all(self, c):
+        if not self.feat.s1p:
+            return CmdError.ILL
+        self.config_cache.inv_cd(c.SID, None)
+
+    def _vmid(self, c) -> int:
+        return c.VMID if self.feat.s2p else 0
+
+    def _tlbi_range(self, c) -> tuple[int, int, int | None]:
+        """(start, length, level) of a TLBI_*_VA / S2_IPA: one address, or with
+        RIL and TG != 0 the range (NUM+1) * 2^SCALE granules, TTL a level hint."""
+        if self.feat.ril and c.TG:
+            granule = _TLBI_GRANULE[c.TG]
+            return c.ADDR & ~(granule - 1), ((c.NUM + 1) << c.SCALE) * granule, c.TTL or None
+        return c.ADDR, 1, None
+
+    def _cmd_tlbi_nh_all(self, c):
+        if not self.feat.s1p:
+            return CmdError.ILL
+        self.iotlb.nh_all(self._vmid(c))
+
+    def _cmd_tlbi_nh_asid(self, c):
+        if not self.feat.s1p:
+            return CmdError.ILL
+        self.iotlb.nh_asid(self._vmid(c), self._asid(c.ASID))
+
+    def _cmd_tlbi_nh_va(self, c):
+        if not self.feat.s1p:
+            return CmdError.ILL
+        self.iotlb.nh_va(self._vmid(c), self._asid(c.ASID), *self._tlbi_range(c))
+
+    def _cmd_tlbi_nh_vaa(self, c):
+        if not self.feat.s1p:
+            return CmdError.ILL
+        self.iotlb.nh_va(self._vmid(c), None, *self._tlbi_range(c))
+
+    def _cmd_tlbi_s12_vmall(self, c):
+        if not self.feat.s2p:
+            return CmdError.ILL
+        self.iotlb.s12_vmall(c.VMID)
+
+    def _cmd_tlbi_s2_ipa(self, c):
+        if not self.feat.s2p:
+            return CmdError.ILL
+        self.iotlb.s2_ipa(c.VMID, *self._tlbi_range(c))
+
+    def _cmd_tlbi_nsnh_all(self, c) -> None:
+        self.iotlb.all()
+
+    def _asid(self, asid: int) -> int:
+        return asid if self.feat.asid16 else asid & 0xFF
+
+    def _cmd_atc_inv(self, c):
+        if not self.feat.ats:
+            return CmdError.ILL
+        span = 4096 << c.SIZE
+        start = c.ADDR & ~(span - 1)
+        for key in [k for k in self.atc if k[0] == c.SID]:
+            if c.GLOBAL or key[1] == (c.SSID if c.SSV else None):
+                self.atc[key] = [e for e in self.atc[key]
+                                 if not (e[0] < start + span and start < e[0] + e[1])]
+        if c.SID in self.unresponsive_atc:
+            self._atc_inv_timed_out = True  # reported by the next CMD_SYNC
+
+    def _cmd_pri_resp(self, c):
+        return CmdError.ILL  # IDR0.PRI=0
+
+    def _cmd_resume(self, c) -> None:
+        pass  # nothing ever stalls (terminate model): no transaction matches
+
+    def _cmd_stall_term(self, c) -> None:
+        pass
+
+    def _cmd_sync(self, c):
+        if c.CS == 0b11:
+            return CmdError.ILL
+        if self._atc_inv_timed_out:
+            self._atc_inv_timed_out = False
+            return CmdError.ATC_INV_SYNC
+        if c.CS == 1:
+            if self.feat.msi and c.MSIADDR:
+                self._msi_write(c.MSIADDR, c.MSIDATA, "MSI_CMDQ_ABT_ERR")
+            else:
+                self.irqs["cmd_sync"] += 1
+        elif c.CS == 2:
+            self.irqs["sev"] += 1
+
+    # ------------------------------------------------------- configuration
+    def _fetch(self, pa: int, size: int, purpose: str, sid: int, event: Event) -> int:
+        try:
+            return self.mem.read_int(pa, size, Initiator(self.name, purpose, sid))
+        except BusError:
+            raise FaultError(Fault(event, fetch_addr=pa)) from None
+
+    def _ste_addr(self, sid: int) -> int:
+        cfg = self.regs["STRTAB_BASE_CFG"]
+        log2 = min(_L["STRTAB_BASE_CFG"].get(cfg, "LOG2SIZE"), self.feat.sidsize)
+        if sid >> log2:
+            raise FaultError(Fault(Event.C_BAD_STREAMID))
+        base = _L["STRTAB_BASE"].get(self.regs["STRTAB_BASE"], "ADDR")
+        two_level = self.feat.st_2lvl and _L["STRTAB_BASE_CFG"].get(cfg, "FMT") == 1
+        if not two_level:  # reserved FMT values act as linear
+            return (base & ~((STE_SIZE << log2) - 1)) + sid * STE_SIZE
+        # Reserved SPLIT values act as the next smaller supported one (6, 8, 10).
+        split = max((s for s in (6, 8, 10) if s <= _L["STRTAB_BASE_CFG"].get(cfg, "SPLIT")),
+                    default=6)
+        split = min(split, log2)
+        l1_size = 8 << max(0, log2 - split)
+        l1_addr = (base & ~(max(l1_size, 64) - 1)) + (sid >> split) * 8
+        desc = self._fetch(l1_addr, 8, "ste", sid, Event.F_STE_FETCH)
+        span = L1_STD.get(desc, "SPAN")
+        index = sid & ((1 << split) - 1)
+        if span == 0 or span > split + 1 or index >> (span - 1):
+            raise FaultError(Fault(Event.C_BAD_STREAMID))
+        l2 = L1_STD.get(desc, "L2PTR") & ~((STE_SIZE << (span - 1)) - 1)
+        return l2 + index * STE_SIZE
+
+    def _stream(self, sid: int) -> StreamConfig:
+        cached = self.config_cache.get_ste(sid)
+        if cached is not None:
+            return cached
+        word = self._fetch(self._ste_addr(sid), STE_SIZE, "ste", sid, Event.F_STE_FETCH)
+        stream = decode_ste(word, self.feat)
+        self.config_cache.put_ste(sid, stream)
+        return stream
+
+    def _context(self, sid: int, stream: StreamConfig, ssid: int) -> ContextConfig:
+        cached = self.config_cache.get_cd(sid, ssid)
+        if cached is not None:
+            return cached
+        ptr = stream.ctx_ptr
+        if stream.s1_fmt == S1_FMT_LINEAR:
+            cd_ipa = ptr + ssid * CD_SIZE
+        else:
+            leaf_bits = 6 if stream.s1_fmt == S1_FMT_2LVL_4K else 10
+            l1_ipa = ptr + (ssid >> leaf_bits) * 8
+            desc = self._fetch(self._cd_pa(stream, l1_ipa), 8, "cd", sid, Event.F_CD_FETCH)
+            if not L1_CD.get(desc, "V"):
+                raise FaultError(Fault(Event.C_BAD_SUBSTREAMID))
+            cd_ipa = L1_CD.get(desc, "L2PTR") + (ssid & ((1 << leaf_bits) - 1)) * CD_SIZE
+        word = self._fetch(self._cd_pa(stream, cd_ipa), CD_SIZE, "cd", sid, Event.F_CD_FETCH)
+        ctx = decode_cd(word, self.feat)
+        self._check_asid_conflict(sid, ssid, stream, ctx)
+        self.config_cache.put_cd(sid, ssid, ctx)
+        return ctx
+
+    def _check_asid_conflict(self, sid, ssid, stream: StreamConfig, ctx: ContextConfig) -> None:
+        """Two cached CDs with one (VMID, ASID) but different tables would share
+        TLB entries: report F_CFG_CONFLICT rather than mix them."""
+        mine = _table_identity(ctx)
+        for (osid, ossid), other in self.config_cache.cds().items():
+            if (osid, ossid) == (sid, ssid) or other.s1.asid != ctx.s1.asid:
+                continue
+            ostream = self.config_cache.get_ste(osid)
+            same_vm = ostream is not None and ostream.vmid == stream.vmid
+            if same_vm and _table_identity(other) != mine:
+                raise FaultError(Fault(Event.F_CFG_CONFLICT))
+
+    def _cd_pa(self, stream: StreamConfig, ipa: int) -> int:
+        """CD and L1CD addresses are IPAs when nested: translate with CLASS=CD."""
+        if stream.config != Config.NESTED:
+            return ipa
+        return self._s2_fetch(stream, ipa, FaultClass.CD)
+
+    def _s2_fetch(self, stream: StreamConfig, ipa: int, cls: FaultClass) -> int:
+        """Stage-2 translation of an SMMU read (CD or stage-1 table) in a nested walk."""
+        leaf = walk_s2(self.mem, stream.s2, ipa, fault_class=cls,
+                       initiator=Initiator(self.name, "ptw", None))
+        if not leaf.perm.r_priv and not leaf.perm.r_user:
+            raise FaultError(Fault(Event.F_PERMISSION, s2=True, fault_class=cls, ipa=ipa))
+        if cls == FaultClass.TT and stream.s2.ptw and (leaf.attr >> 2) & 0b11 == 0:
+            # S2PTW: a stage-1 walk into Device memory is a stage-2 permission fault
+            raise FaultError(Fault(Event.F_PERMISSION, s2=True, fault_class=cls, ipa=ipa))
+        return leaf.out
+
+    # --------------------------------------------------------- translation
+    def _complete(self, fault: Fault, sid, ssid, addr, access: Access) -> Fault:
+        return replace(fault, sid=sid, ssid=ssid, input_addr=addr, rnw=not access.write,
+                       ind=access.exec, pnu=access.priv)
+
+    def _record_allowed(self, fault: Fault, stream: StreamConfig | None, ctx) -> bool:
+        if fault.event not in RECORD_CONTROLLED:
+            return True
+        if fault.s2:
+            return stream is not None and stream.s2_record
+        return ctx is None or ctx.record  # no CD: stage 1 was bypassed, always record
+
+    def translate(self, sid: int, addr: int, access: Access = READ, ssid: int | None = None):
+        """Translate one address; returns (pa, stream, ctx) or raises FaultError
+        (with a complete, not yet recorded fault, and `.stream`/`.ctx` attached)
+        or Aborted."""
+        stream = ctx = None
+        try:
+            if not self._f("CR0ACK", "SMMUEN"):
+                if self._f("GBPA", "ABORT"):
+                    raise Aborted("GBPA.ABORT with SMMUEN=0")
+                return addr, None, None
+            stream = self._stream(sid)
+            pa, _, ctx = self._translate_stream(sid, stream, addr, access, ssid)
+            return pa, stream, ctx
+        except FaultError as e:
+            e.fault = self._complete(e.fault, sid, ssid, addr, access)
+            e.stream, e.ctx = stream, ctx
+            raise
+
+    def _translate_stream(self, sid, stream: StreamConfig, addr, access, ssid):
+        if ssid is not None and (
+            not stream.stage1 or not stream.s1_cdmax or ssid >> stream.s1_cdmax
+            or (ssid == 0 and stream.s1_dss == DSS_SUBSTREAM0)
+        ):
+            raise FaultError(Fault(Event.C_BAD_SUBSTREAMID))
+        if stream.config == Config.ABORT:
+            raise Aborted("STE Config=abort")
+        if stream.config == Config.BYPASS:
+            return self._check_ias(addr), None, None
+        stage1 = stream.stage1
+        if stage1 and ssid is None and stream.s1_cdmax:
+            if stream.s1_dss == DSS_TERMINATE:
+                raise FaultError(Fault(Event.F_STREAM_DISABLED))
+            stage1 = stream.s1_dss != DSS_BYPASS
+        ctx = None
+        if stage1:
+            ctx = self._context(sid, stream, ssid if ssid is not None else 0)
+            asid = ctx.s1.asid
+        else:
+            if stream.s2 is None:  # stage-1-only stream with stage 1 bypassed
+                return self._check_ias(addr), None, None
+            self._check_ias(addr)
+            asid = S2_ONLY
+        try:
+            entry = self._lookup(stream.vmid, asid, addr)
+            if entry is None:
+                entry = self._walk(stream, ctx, addr)
+                self.iotlb.insert(entry)
+            self._check_perm(entry, addr, access)
+        except FaultError as e:
+            e.ctx = ctx
+            raise
+        return entry.output(addr), entry, ctx
+
+    def _check_ias(self, addr: int) -> int:
+        """With stage 1 bypassed the input must fit the output size."""
+        if addr >> self.feat.oas_bits:
+            raise FaultError(Fault(Event.F_ADDR_SIZE))
+        return addr
+
+    def _lookup(self, vmid: int, asid: int, addr: int) -> TlbEntry | None:
+        hits = self.iotlb.lookup(vmid, asid, addr)
+        if len({h.output(addr) for h in hits}) > 1:
+            raise FaultError(Fault(Event.F_TLB_CONFLICT))
+        return hits[0] if hits else None
+
+    def _walk(self, stream: StreamConfig, ctx: ContextConfig | None, addr: int) -> TlbEntry:
+        initiator = Initiator(self.name, "ptw", None)
+        if ctx is None:  # stage 2 only
+            leaf = walk_s2(self.mem, stream.s2, addr, initiator=initiator)
+            return TlbEntry(stream.vmid, S2_ONLY, leaf.in_base, leaf.size, leaf.out_base,
+                            leaf.level, None, leaf.perm)
+        nested = stream.config == Config.NESTED
+        fetch = (lambda ipa, cls: self._s2_fetch(stream, ipa, cls)) if nested else None
+        s1 = walk_s1(self.mem, ctx.s1, addr, s2=fetch, initiator=initiator)
+        if not nested:
+            return TlbEntry(stream.vmid, ctx.s1.asid, s1.in_base, s1.size, s1.out_base,
+                            s1.level, s1.perm, None)
+        s2 = walk_s2(self.mem, stream.s2, s1.out, initiator=initiator)
+        size = min(s1.size, s2.size)
+        offset = addr & (size - 1)
+        return TlbEntry(stream.vmid, ctx.s1.asid, addr - offset, size, s2.out - offset,
+                        max(s1.level, s2.level), s1.perm, s2.perm, ipa_base=s1.out - offset)
+
+    def _check_perm(self, e: TlbEntry, addr: int, access: Access) -> None:
+        if e.s1_perm is not None and not access.allowed_by(e.s1_perm):
+            raise FaultError(Fault(Event.F_PERMISSION))
+        if e.s2_perm is not None and not access.allowed_by(e.s2_perm):
+            ipa = e.ipa_base + (addr - e.in_base) if e.ipa_base is not None else addr
+            raise FaultError(Fault(Event.F_PERMISSION, s2=True, ipa=ipa))
+
+    # ------------------------------------------------------------- devices
+    def dma(self, sid: int, addr: int, size: int = 4, *, ssid: int | None = None,
+            write: bool = False, exec: bool = False, priv: bool = False,
+            data: bytes | None = None, translated: bool = False,
+            atomic: bool = False) -> DmaResult:
+        """One device transaction, split at 4 KiB boundaries as PCIe requires;
+        stops at the first fault (earlier pieces have happened)."""
+        access = Access(write=write, exec=exec, priv=priv)
+        if write:
+            data = bytes(data if data is not None else b"\0" * size)
+            size = len(data)
+        if atomic:  # no atomic/exclusive support: an unsupported upstream transaction
+            return self._fail(Fault(Event.F_UUT, sid=sid, ssid=ssid, input_addr=addr,
+                                    rnw=not write, ind=exec, pnu=priv), None, None)
+        out, first_pa, pos = bytearray(), None, 0
+        while pos < size:
+            cur = addr + pos
+            n = min(size - pos, 4096 - (cur & 0xFFF))
+            try:
+                if translated:
+                    pa = self._translated(sid, cur, access, ssid)
+                else:
+                    pa, _, _ = self.translate(sid, cur, access, ssid)
+            except Aborted:
+                return DmaResult(False, first_pa, bytes(out) if not write else None)
+            except FaultError as e:
+                return self._fail(e.fault, getattr(e, "stream", None), getattr(e, "ctx", None))
+            first_pa = pa if first_pa is None else first_pa
+            initiator = Initiator(self.name, "dma", sid)
+            try:
+                if write:
+                    self.mem.write(pa, data[pos : pos + n], initiator)
+                else:
+                    out += self.mem.read(pa, n, initiator)
+            except BusError:
+                return DmaResult(False, first_pa, bus_error=True)
+            pos += n
+        return DmaResult(True, first_pa, None if write else bytes(out))
+
+    def _fail(self, fault: Fault, stream, ctx) -> DmaResult:
+        recorded = self._record_allowed(fault, stream, ctx) and self.record(fault)
+        return DmaResult(False, fault=fault, recorded=recorded)
+
+    def _translated(self, sid: int, addr: int, access: Access, ssid) -> int:
+        """A transaction the device marked as already translated by ATS."""
+        stream = None
+        try:
+            if not self._f("CR0ACK", "SMMUEN"):
+                if self._f("GBPA", "ABORT"):
+                    raise Aborted("GBPA.ABORT with SMMUEN=0")
+                return addr
+            stream = self._stream(sid)
+            if stream.config == Config.ABORT:
+                raise Aborted("STE Config=abort")
+            if stream.eats == EATS_ABORT:
+                raise FaultError(Fault(Event.F_TRANS_FORBIDDEN))
+            if stream.eats != EATS_S1CHK:
+                return addr
+            entry = self._lookup(stream.vmid, S2_ONLY, addr)
+            if entry is None:
+                leaf = walk_s2(self.mem, stream.s2, addr, initiator=Initiator(self.name, "ptw"))
+                entry = TlbEntry(stream.vmid, S2_ONLY, leaf.in_base, leaf.size, leaf.out_base,
+                                 leaf.level, None, leaf.perm)
+                self.iotlb.insert(entry)
+            self._check_perm(entry, addr, access)
+            return entry.output(addr)
+        except FaultError as e:
+            e.fault = self._complete(e.fault, sid, ssid, addr, access)
+            e.stream, e.ctx = stream, None
+            raise
+
+    def ats_request(self, sid: int, addr: int, *, ssid: int | None = None,
+                    write: bool = False, exec: bool = False, priv: bool = False) -> AtsResult:
+        """A PCIe ATS translation request.  Configuration errors are recorded as
+        events; translation faults only fail the completion (the device sees them)."""
+        access = Access(write=write, exec=exec, priv=priv)
+        if not self.feat.ats or not self._f("CR0ACK", "SMMUEN"):
+            return self._ats_fail(Fault(Event.F_BAD_ATS_TREQ, sid=sid, ssid=ssid, input_addr=addr))
+        try:
+            stream = self._stream(sid)
+        except FaultError as e:
+            return self._ats_fail(self._complete(e.fault, sid, ssid, addr, access))
+        if stream.eats == EATS_ABORT or stream.config == Config.ABORT:
+            return self._ats_fail(Fault(Event.F_BAD_ATS_TREQ, sid=sid, ssid=ssid, input_addr=addr))
+        try:
+            out, entry = self._ats_translate(sid, stream, addr, access, ssid)
+        except FaultError as e:
+            fault = self._complete(e.fault, sid, ssid, addr, access)
+            if fault.event not in RECORD_CONTROLLED:
+                self.record(fault)
+            return AtsResult(False, fault=fault)
+        except Aborted:
+            return AtsResult(False)
+        self.atc.setdefault((sid, ssid), []).append(entry)
+        return AtsResult(True, out, entry[1], entry[3])
+
+    def _ats_fail(self, fault: Fault) -> AtsResult:
+        self.record(fault)
+        return AtsResult(False, fault=fault)
+
+    def _ats_translate(self, sid, stream: StreamConfig, addr, access, ssid):
+        """(output, (in_base, size, out_base, perm)) for an ATS completion; with
+        EATS=S1CHK only stage 1 is applied (the device gets an IPA)."""
+        if stream.eats == EATS_S1CHK:
+            ctx = self._context(sid, stream, ssid if ssid is not None else 0)
+            fetch = lambda ipa, cls: self._s2_fetch(stream, ipa, cls)  # noqa: E731
+            leaf = walk_s1(self.mem, ctx.s1, addr, s2=fetch, initiator=Initiator(self.name, "ptw"))
+            if not access.allowed_by(leaf.perm):
+                raise FaultError(Fault(Event.F_PERMISSION))
+            return leaf.out, (leaf.in_base, leaf.size, leaf.out_base, leaf.perm)
+        pa, entry, _ = self._translate_stream(sid, stream, addr, access, ssid)
+        if entry is None:  # stage 1 and 2 bypassed: one page, every permission
+            return pa, (addr & ~0xFFF, 4096, pa & ~0xFFF, Perm.ALL)
+        return pa, (entry.in_base, entry.size, entry.out_base, entry.perm)
+
+    def atc_lookup(self, sid: int, addr: int, ssid: int | None = None):
+        """The device's ATC: a cached ATS completion covering `addr`, if any."""
+        for in_base, size, out_base, perm in self.atc.get((sid, ssid), ()):
+            if in_base <= addr < in_base + size:
+                return out_base + (addr - in_base), perm
+        return None
+
+
+def _table_identity(ctx: ContextConfig):
+    s = ctx.s1
+    return (s.t0sz, s.t1sz, s.tg0, s.tg1, s.epd0, s.epd1, s.ttb0, s.ttb1, s.oa_bits)
