@@ -374,6 +374,8 @@ def test_s2_concatenated_walk(mem_s2):
                         size=0x1000, level=3, perm=Perm.ALL, attr=0xF)
     block = walk_s2(mem_s2, s2(), 0x80_8000_1234)  # L1 index 514
     assert (block.out, block.size, block.level) == (0x40001234, 1 << 30, 1)
+    # The two tables span 8K: S2TTB bits below that are treated as zero.
+    assert walk_s2(mem_s2, s2(ttb=0x80001000), 0x80_4020_1ABC).out == 0x90000ABC
 
 
 def test_s2_faults(mem_s2):

@@ -31,8 +31,7 @@ _AF = 1 << 10
 
 @dataclass(frozen=True, slots=True)
 class Granule:
-    size: int
-    shift: int  # log2(size): bits resolved by the final lookup
+    shift: int  # log2(granule size): bits resolved by the final lookup
     stride: int  # bits resolved per level: shift - 3 (8-byte descriptors)
     block_levels: frozenset[int]  # levels where a 0b01 descriptor is a block
     s2_start: tuple[int, int, int]  # stage-2 start level per SL0 = 0, 1, 2 (3 is reserved)
@@ -41,9 +40,9 @@ class Granule:
 
 
 GRANULES: dict[int, Granule] = {
-    4096: Granule(4096, 12, 9, frozenset({1, 2}), (2, 1, 0), 44, 48),
-    16384: Granule(16384, 14, 11, frozenset({2}), (3, 2, 1), 42, 48),
-    65536: Granule(65536, 16, 13, frozenset({2}), (3, 2, 1), 44, 52),
+    4096: Granule(12, 9, frozenset({1, 2}), (2, 1, 0), 44, 48),
+    16384: Granule(14, 11, frozenset({2}), (3, 2, 1), 42, 48),
+    65536: Granule(16, 13, frozenset({2}), (3, 2, 1), 44, 52),
 }
 
 
@@ -230,7 +229,7 @@ def _fault(
 def _walk_tables(
     mem: PhysMem,
     g: Granule,
-    base: int,
+    ttb: int,
     level: int,
     ia: int,
     addr: int,
@@ -243,7 +242,7 @@ def _walk_tables(
     eabt_class: FaultClass,
     ipa: int | None,
 ) -> tuple[int, int, int, int, int]:
-    """Walk from the table at `base` (start `level`) to the leaf for `addr`.
+    """Walk from the table at `ttb` (start `level`) to the leaf for `addr`.
 
     Returns (descriptor, level, lsb, out_base, hier) where 1 << lsb is the leaf
     size and hier ORs bits [63:59] of every table descriptor on the way (stage 1
@@ -252,6 +251,11 @@ def _walk_tables(
     shift, stride = g.shift, g.stride
     lsb = shift + stride * (3 - level)
     index_mask = (1 << (ia - lsb)) - 1  # the start level may index concatenated tables
+    if ttb >> oa_bits:
+        raise _fault(Event.F_ADDR_SIZE, s2, fault_class, ipa)
+    # The start table (concatenated ones included) is aligned to its size: TTB bits
+    # below that are treated as zero.
+    base = ttb & -((index_mask + 1) * 8)
     page_mask = -(1 << shift)
     hier = 0
     while True:
@@ -303,16 +307,9 @@ def walk_s2(
     geo = _s2_geometry(cfg.t0sz, cfg.sl0, cfg.granule)
     if geo is None:  # the SMMU rejects such STEs first; never walk a nonsense geometry
         raise FaultError(Fault(Event.C_BAD_STE))
-    start = geo[0]
-    g = GRANULES[cfg.granule]
-    if cfg.ttb >> cfg.ps_bits:
-        raise _fault(Event.F_ADDR_SIZE, True, fault_class, ipa)
-    # The start table (concatenated ones included) is aligned to its size:
-    # S2TTB bits below that are treated as zero.
-    base = cfg.ttb & -(8 << (ia - g.shift - g.stride * (3 - start)))
     desc, level, lsb, out, _ = _walk_tables(
-        mem, g, base, start, ia, ipa, cfg.ps_bits, cfg.affd, None, initiator,
-        True, fault_class, fault_class, ipa,
+        mem, GRANULES[cfg.granule], cfg.ttb, geo[0], ia, ipa, cfg.ps_bits, cfg.affd, None,
+        initiator, True, fault_class, fault_class, ipa,
     )
     size = 1 << lsb
     perm = _S2_PERMS[(desc >> 6 & 3) | (desc >> 53 & 3) << 2 | cfg.xnx << 4]
@@ -353,11 +350,8 @@ def walk_s1(
     ones = (1 << top_bits) - 1
     if va >> ia & ones != (ones if top else 0):
         raise _fault(Event.F_TRANSLATION, False, FaultClass.IN, None)
-    if ttb >> cfg.oa_bits:
-        raise _fault(Event.F_ADDR_SIZE, False, FaultClass.IN, None)
-    base = ttb & -(8 << (ia - g.shift - g.stride * (3 - start)))
     desc, level, lsb, out, hier = _walk_tables(
-        mem, g, base, start, ia, va, cfg.oa_bits, cfg.affd, s2, initiator,
+        mem, g, ttb, start, ia, va, cfg.oa_bits, cfg.affd, s2, initiator,
         False, FaultClass.IN, FaultClass.TT, None,
     )
     ap = desc >> 6 & 3
