@@ -134,6 +134,37 @@ L1_CD = Layout("L1CD", 64, [
 ])
 
 
+# ------------------------------------ VMSAv8-64 translation table descriptors
+# Not SMMU structures, but what the SMMU walks: the walker reads these bits and
+# the page-table builder writes them, from this one table (Arm ARM D8.3).
+_VALID = F("VALID", 0, 0)
+_TYPE = F("TYPE", 1, 1, values={0: "block", 1: "table/page"})  # 0 at level 3 is reserved
+_SH = F("SH", 9, 8, values={0: "non", 2: "outer", 3: "inner"})
+_AF = F("AF", 10, 10)
+_OA = F("OA", 47, 12, addr_lo=12)  # next table, or output; the granule/block clears low bits
+_OA_HI = F("OA_HI", 15, 12, doc="64K granule: OA[51:48] (FEAT_LPA); inside OA's span")
+_CONTIG = F("CONTIG", 52, 52)
+
+TABLE_DESC = Layout("TABLE_DESC", 64, [
+    _VALID, _TYPE, _OA, _OA_HI,
+    F("PXNTABLE", 59, 59), F("UXNTABLE", 60, 60), F("APTABLE", 62, 61), F("NSTABLE", 63, 63),
+], overlaps=True)
+S1_DESC = Layout("S1_DESC", 64, [
+    _VALID, _TYPE,
+    F("ATTRINDX", 4, 2), F("NS", 5, 5),
+    F("AP", 7, 6, doc="AP[2:1]: bit 1 read-only, bit 0 EL0 access"),
+    _SH, _AF, F("NG", 11, 11), _OA, _OA_HI, _CONTIG,
+    F("PXN", 53, 53), F("UXN", 54, 54),
+], overlaps=True)
+S2_DESC = Layout("S2_DESC", 64, [
+    _VALID, _TYPE,
+    F("MEMATTR", 5, 2),
+    F("S2AP", 7, 6, doc="bit 0 read, bit 1 write"),
+    _SH, _AF, _OA, _OA_HI, _CONTIG,
+    F("XN", 54, 53, doc="XN[1:0]; without FEAT_XNX XN[0] is RES0"),
+], overlaps=True)
+
+
 # ---------------------------------------------------------- commands (16 B)
 class Op(IntEnum):
     PREFETCH_CONFIG = 0x01

@@ -20,13 +20,23 @@ from functools import cache
 from typing import ClassVar
 
 from .faults import Fault, FaultError
-from .layouts import Event, FaultClass
+from .layouts import S1_DESC, S2_DESC, TABLE_DESC, Event, FaultClass
 from .memory import BusError, PhysMem
 
+# Descriptor bit positions, taken from the layout table once at import (the walk
+# is a hot path: plain shifts, no Field calls per descriptor).
 _MASK64 = (1 << 64) - 1
-_DESC_OA = 0x0000_FFFF_FFFF_F000  # descriptor OA bits [47:12]; cleared below the granule/block
-_DESC_OA_HI = 0xF000  # 64K granule: descriptor bits [15:12] hold OA[51:48] (FEAT_LPA)
-_AF = 1 << 10
+_DESC_OA = TABLE_DESC["OA"].mask  # cleared below the granule/block
+_DESC_OA_HI = TABLE_DESC["OA_HI"].mask  # 64K granule: OA[51:48]
+_OA_HI_SHIFT = 48 - TABLE_DESC["OA_HI"].lo
+_AF = S1_DESC["AF"].mask
+_HIER_LO = TABLE_DESC["PXNTABLE"].lo  # PXNTable, UXNTable, APTable[1:0]: 4 bits from here
+_AP_LO, _PXN_LO, _UXN_LO = S1_DESC["AP"].lo, S1_DESC["PXN"].lo, S1_DESC["UXN"].lo
+_ATTRINDX = S1_DESC["ATTRINDX"]
+_S2AP_LO, _XN_LO = S2_DESC["S2AP"].lo, S2_DESC["XN"].lo
+_MEMATTR = S2_DESC["MEMATTR"]
+assert (TABLE_DESC["UXNTABLE"].lo, TABLE_DESC["APTABLE"].lo) == (_HIER_LO + 1, _HIER_LO + 2)
+assert S1_DESC["PXN"].lo + 1 == S1_DESC["UXN"].lo and S2_DESC["XN"].width == 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +186,7 @@ class Leaf:
 
 
 # ------------------------------------------------------------ geometry
-def _s1_start_level(ia: int, g: Granule) -> int | None:
+def s1_start_level(ia: int, g: Granule) -> int | None:
     """Stage-1 start level: as many levels as it takes to resolve ia - shift bits."""
     if not g.shift < ia <= g.max_ia:
         return None
@@ -271,11 +281,11 @@ def _walk_tables(
             raise _fault(Event.F_TRANSLATION, s2, fault_class, ipa)
         out = desc & _DESC_OA & page_mask
         if shift == 16:
-            out |= (desc & _DESC_OA_HI) << 36
+            out |= (desc & _DESC_OA_HI) << _OA_HI_SHIFT
         if is_table_or_page and level < 3:
             if out >> oa_bits:  # the next table's address is an output address too
                 raise _fault(Event.F_ADDR_SIZE, s2, fault_class, ipa)
-            hier |= desc >> 59
+            hier |= desc >> _HIER_LO
             base = out
             level += 1
             lsb -= stride
@@ -312,8 +322,9 @@ def walk_s2(
         initiator, True, fault_class, fault_class, ipa,
     )
     size = 1 << lsb
-    perm = _S2_PERMS[(desc >> 6 & 3) | (desc >> 53 & 3) << 2 | cfg.xnx << 4]
-    return Leaf(out | (ipa & (size - 1)), ipa & -size, out, size, level, perm, desc >> 2 & 0xF)
+    perm = _S2_PERMS[(desc >> _S2AP_LO & 3) | (desc >> _XN_LO & 3) << 2 | cfg.xnx << 4]
+    return Leaf(out | (ipa & (size - 1)), ipa & -size, out, size, level, perm,
+                _MEMATTR.get(desc))
 
 
 def walk_s1(
@@ -342,7 +353,7 @@ def walk_s1(
         raise _fault(Event.F_TRANSLATION, False, FaultClass.IN, None)
     g = GRANULES.get(gsize)
     ia = 64 - tsz
-    start = None if g is None else _s1_start_level(ia, g)
+    start = None if g is None else s1_start_level(ia, g)
     if start is None:  # the SMMU rejects such CDs first; never walk a nonsense geometry
         raise FaultError(Fault(Event.C_BAD_CD))
     # Bits [63:ia] ([55:ia] under TBI) must all equal VA[55]: the gap between the halves.
@@ -354,9 +365,9 @@ def walk_s1(
         mem, g, ttb, start, ia, va, cfg.oa_bits, cfg.affd, s2, initiator,
         False, FaultClass.IN, FaultClass.TT, None,
     )
-    ap = desc >> 6 & 3
-    uxn = desc >> 54 & 1
-    pxn = desc >> 53 & 1
+    ap = desc >> _AP_LO & 3
+    uxn = desc >> _UXN_LO & 1
+    pxn = desc >> _PXN_LO & 1
     if not had:  # hier bits: 0 PXNTable, 1 UXNTable, 2 APTable[0], 3 APTable[1]
         if hier & 8:  # no write below
             ap |= 2
@@ -366,7 +377,7 @@ def walk_s1(
         pxn |= hier & 1
     perm = _S1_PERMS[ap | uxn << 2 | pxn << 3 | cfg.wxn << 4 | cfg.uwxn << 5]
     size = 1 << lsb
-    return Leaf(out | (va & (size - 1)), va & -size, out, size, level, perm, desc >> 2 & 7)
+    return Leaf(out | (va & (size - 1)), va & -size, out, size, level, perm, _ATTRINDX.get(desc))
 
 
 # ------------------------------------------------------------ permission checks

@@ -1,0 +1,56 @@
+"""The `vsmmu` command line.  Each subcommand is a thin shell over a library call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    result = demo.run()
+    print(json.dumps(result, indent=2) if args.json else demo.format_text(result))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .features import Features
+    from .layouts import REG
+
+    regs = Features().id_registers()
+    if args.json:
+        print(json.dumps({name: f"{value:#010x}" for name, value in regs.items()}, indent=2))
+        return 0
+    for name, value in regs.items():
+        print(f"{name:5} {value:#010x}  {REG[name].layout.format(value)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vsmmu",
+        description="Security fuzzer and Z3 property checker for Arm SMMUv3 virtualization.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("demo", help="drive the SMMUv3 model: translations, faults, events")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_demo)
+    p = sub.add_parser("info", help="the model's default ID registers, decoded")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("vsmmu: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
