@@ -134,7 +134,7 @@ def _decode_s2(s, feat: Features) -> S2Config:
     min_t0sz = 64 - ps_bits if granule == 65536 else max(16, 64 - ps_bits)
     if not min_t0sz <= s.S2T0SZ <= 39:
         raise _bad_ste(f"S2T0SZ={s.S2T0SZ} outside {min_t0sz}..39 for a {ps_bits}-bit S2PS")
-    geometry = s2_geometry(s.S2T0SZ, s.S2SL0, granule)
+    geometry = s2_geometry(s.S2T0SZ, s.S2SL0, granule, pa_max=feat.oas_bits)
     if geometry is None:
         raise _bad_ste(f"S2SL0={s.S2SL0} inconsistent with S2T0SZ={s.S2T0SZ}, granule {granule}")
     if s.S2TTB >> ps_bits:

@@ -51,7 +51,7 @@ from .layouts import (
 from .memory import BusError, PhysMem
 from .queue import QueueGeometry
 from .tlb import S2_ONLY, ConfigCache, Iotlb, TlbEntry
-from .walk import Access, Perm, walk_s1, walk_s2
+from .walk import Access, Perm, s2_table_fetch, walk_s1, walk_s2
 
 STE_SIZE, CD_SIZE, CMD_SIZE, EVT_SIZE = 64, 64, 16, 32
 READ = Access()
@@ -183,7 +183,8 @@ class Smmu:
                 self.regs["GBPA"] = _L["GBPA"].put(value, "UPDATE", 0)
             return
         if name == "CR0":
-            value &= ~_L["CR0"]["PRIQEN"].mask  # no PRI queue
+            # No PRI queue and no VMID wildcards (IDR0.PRI = IDR0.VMW = 0): RES0.
+            value &= ~(_L["CR0"]["PRIQEN"].mask | _L["CR0"]["VMW"].mask)
             if not self.feat.ats:
                 value &= ~_L["CR0"]["ATSCHK"].mask
             self.regs["CR0"] = self.regs["CR0ACK"] = value
@@ -355,7 +356,11 @@ class Smmu:
         self.config_cache.inv_cd(c.SID, None)
 
     def _vmid(self, c) -> int:
-        return c.VMID if self.feat.s2p else 0
+        """A command's VMID as the IOTLB tags entries: 0 without stage 2, 8 bits
+        without VMID16 (as decode_ste masks S2VMID)."""
+        if not self.feat.s2p:
+            return 0
+        return c.VMID if self.feat.vmid16 else c.VMID & 0xFF
 
     def _tlbi_range(self, c) -> tuple[int, int, int | None]:
         """(start, length, level) of a TLBI_*_VA / S2_IPA: one address, or with
@@ -388,12 +393,12 @@ class Smmu:
     def _cmd_tlbi_s12_vmall(self, c):
         if not self.feat.s2p:
             return CmdError.ILL
-        self.iotlb.s12_vmall(c.VMID)
+        self.iotlb.s12_vmall(self._vmid(c))
 
     def _cmd_tlbi_s2_ipa(self, c):
         if not self.feat.s2p:
             return CmdError.ILL
-        self.iotlb.s2_ipa(c.VMID, *self._tlbi_range(c))
+        self.iotlb.s2_ipa(self._vmid(c), *self._tlbi_range(c))
 
     def _cmd_tlbi_nsnh_all(self, c) -> None:
         self.iotlb.all()
@@ -433,8 +438,7 @@ class Smmu:
                 self._msi_write(c.MSIADDR, c.MSIDATA, "MSI_CMDQ_ABT_ERR")
             else:
                 self.irqs["cmd_sync"] += 1
-        elif c.CS == 2:
-            self.irqs["sev"] += 1
+        # CS=SIG_SEV: no WFE wake-up events on this system (IDR0.SEV=0)
 
     # ------------------------------------------------------- configuration
     def _fetch(self, pa: int, size: int, purpose: str, sid: int, event: Event) -> int:
@@ -455,7 +459,6 @@ class Smmu:
         # Reserved SPLIT values act as the next smaller supported one (6, 8, 10).
         split = max((s for s in (6, 8, 10) if s <= _L["STRTAB_BASE_CFG"].get(cfg, "SPLIT")),
                     default=6)
-        split = min(split, log2)
         l1_size = 8 << max(0, log2 - split)
         l1_addr = (base & ~(max(l1_size, 64) - 1)) + (sid >> split) * 8
         desc = self._fetch(l1_addr, 8, "ste", sid, Event.F_STE_FETCH)
@@ -515,14 +518,8 @@ class Smmu:
 
     def _s2_fetch(self, stream: StreamConfig, ipa: int, cls: FaultClass) -> int:
         """Stage-2 translation of an SMMU read (CD or stage-1 table) in a nested walk."""
-        leaf = walk_s2(self.mem, stream.s2, ipa, fault_class=cls,
-                       initiator=Initiator(self.name, "ptw", None))
-        if not leaf.perm.r_priv and not leaf.perm.r_user:
-            raise FaultError(Fault(Event.F_PERMISSION, s2=True, fault_class=cls, ipa=ipa))
-        if cls == FaultClass.TT and stream.s2.ptw and (leaf.attr >> 2) & 0b11 == 0:
-            # S2PTW: a stage-1 walk into Device memory is a stage-2 permission fault
-            raise FaultError(Fault(Event.F_PERMISSION, s2=True, fault_class=cls, ipa=ipa))
-        return leaf.out
+        return s2_table_fetch(self.mem, stream.s2, ipa, Initiator(self.name, "ptw"),
+                              fault_class=cls)
 
     # --------------------------------------------------------- translation
     def _complete(self, fault: Fault, sid, ssid, addr, access: Access) -> Fault:
@@ -551,7 +548,10 @@ class Smmu:
             return pa, stream, ctx
         except FaultError as e:
             e.fault = self._complete(e.fault, sid, ssid, addr, access)
-            e.stream, e.ctx = stream, ctx
+            # Keep the CD _translate_stream attached: the local `ctx` is still None when
+            # it raised, and without the CD its R=0 could not suppress stage-1 faults
+            # (IHI 0070 CD.R: F_TRANSLATION/F_ADDR_SIZE/F_ACCESS/F_PERMISSION not recorded).
+            e.stream, e.ctx = stream, getattr(e, "ctx", ctx)
             raise
 
     def _translate_stream(self, sid, stream: StreamConfig, addr, access, ssid):
@@ -581,7 +581,7 @@ class Smmu:
         try:
             entry = self._lookup(stream.vmid, asid, addr)
             if entry is None:
-                entry = self._walk(stream, ctx, addr)
+                entry = self._walk(stream, ctx, addr, access)
                 self.iotlb.insert(entry)
             self._check_perm(entry, addr, access)
         except FaultError as e:
@@ -601,7 +601,8 @@ class Smmu:
             raise FaultError(Fault(Event.F_TLB_CONFLICT))
         return hits[0] if hits else None
 
-    def _walk(self, stream: StreamConfig, ctx: ContextConfig | None, addr: int) -> TlbEntry:
+    def _walk(self, stream: StreamConfig, ctx: ContextConfig | None, addr: int,
+              access: Access = READ) -> TlbEntry:
         initiator = Initiator(self.name, "ptw", None)
         if ctx is None:  # stage 2 only
             leaf = walk_s2(self.mem, stream.s2, addr, initiator=initiator)
@@ -613,6 +614,10 @@ class Smmu:
         if not nested:
             return TlbEntry(stream.vmid, ctx.s1.asid, s1.in_base, s1.size, s1.out_base,
                             s1.level, s1.perm, None)
+        if not access.allowed_by(s1.perm):
+            # Stage 1 completes, permission check included, before stage 2 translates its
+            # output: an S1 F_PERMISSION wins over any S2 fault on the output IPA.
+            raise FaultError(Fault(Event.F_PERMISSION))
         s2 = walk_s2(self.mem, stream.s2, s1.out, initiator=initiator)
         size = min(s1.size, s2.size)
         offset = addr & (size - 1)
@@ -702,14 +707,17 @@ class Smmu:
         """A PCIe ATS translation request.  Configuration errors are recorded as
         events; translation faults only fail the completion (the device sees them)."""
         access = Access(write=write, exec=exec, priv=priv)
+        # F_BAD_ATS_TREQ describes the request: its RnW/InD/PnU come from the request's
+        # access like every other transaction event's (they were left at read/data/user).
+        bad_treq = self._complete(Fault(Event.F_BAD_ATS_TREQ), sid, ssid, addr, access)
         if not self.feat.ats or not self._f("CR0ACK", "SMMUEN"):
-            return self._ats_fail(Fault(Event.F_BAD_ATS_TREQ, sid=sid, ssid=ssid, input_addr=addr))
+            return self._ats_fail(bad_treq)
         try:
             stream = self._stream(sid)
         except FaultError as e:
             return self._ats_fail(self._complete(e.fault, sid, ssid, addr, access))
         if stream.eats == EATS_ABORT or stream.config == Config.ABORT:
-            return self._ats_fail(Fault(Event.F_BAD_ATS_TREQ, sid=sid, ssid=ssid, input_addr=addr))
+            return self._ats_fail(bad_treq)
         try:
             out, entry = self._ats_translate(sid, stream, addr, access, ssid)
         except FaultError as e:
