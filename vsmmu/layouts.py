@@ -402,4 +402,5 @@ REGISTERS: tuple[Register, ...] = (
 )
 
 REG = {r.name: r for r in REGISTERS}
+REG_LAYOUT = {r.name: r.layout for r in REGISTERS}
 REG_AT = {r.offset: r for r in REGISTERS}

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 from .alloc import Allocator, MemPort, read_u64, write_u64, zero
 from .layouts import S1_DESC, S2_DESC, TABLE_DESC
-from .memory import BusError
+from .memory import BusError, PhysMem
 from .walk import GRANULES, s1_start_level, s2_geometry
 
 SH_INNER = 0b11
@@ -254,27 +254,41 @@ class PageTable:
 
 class IpaView:
     """A guest's IPA space seen through the hypervisor's stage-2 table: the memory
-    port a guest (its driver, its page-table builder) uses.  Accesses are split
-    at granule boundaries; an unmapped IPA is a `BusError` at that IPA."""
+    port a guest (its driver, its page-table builder) and a vSMMU acting on its
+    behalf use.  Same shape as `PhysMem` (initiators pass through to observers);
+    accesses are split at granule boundaries; an unmapped IPA is a `BusError`
+    at that IPA, before anything is touched."""
 
-    def __init__(self, mem: MemPort, s2: PageTable):
+    def __init__(self, mem: PhysMem, s2: PageTable):
         self.mem, self.s2 = mem, s2
 
-    def _pieces(self, ipa: int, size: int, write: bool):
-        end = ipa + size
+    def _pieces(self, ipa: int, size: int, write: bool) -> list[tuple[int, int]]:
+        pieces, end = [], ipa + size
         while ipa < end:
             n = min(end - ipa, self.s2.granule - (ipa & (self.s2.granule - 1)))
-            pa = self.s2.translate(ipa) if 0 <= ipa < 1 << self.s2.ia else None
+            pa = self.pa_of(ipa)
             if pa is None:
                 raise BusError(ipa, size, write)
-            yield pa, n
+            pieces.append((pa, n))
             ipa += n
+        return pieces
 
-    def read(self, addr: int, size: int) -> bytes:
-        return b"".join(self.mem.read(pa, n) for pa, n in self._pieces(addr, size, False))
+    def pa_of(self, ipa: int) -> int | None:
+        """The PA behind `ipa`, or None when stage 2 does not map it."""
+        return self.s2.translate(ipa) if 0 <= ipa < 1 << self.s2.ia else None
 
-    def write(self, addr: int, data: bytes) -> None:
+    def read(self, addr: int, size: int, initiator: object = None) -> bytes:
+        return b"".join(self.mem.read(pa, n, initiator)
+                        for pa, n in self._pieces(addr, size, False))
+
+    def write(self, addr: int, data: bytes, initiator: object = None) -> None:
         pos = 0
-        for pa, n in list(self._pieces(addr, len(data), True)):
-            self.mem.write(pa, data[pos : pos + n])
+        for pa, n in self._pieces(addr, len(data), True):
+            self.mem.write(pa, data[pos : pos + n], initiator)
             pos += n
+
+    def read_int(self, addr: int, size: int, initiator: object = None) -> int:
+        return int.from_bytes(self.read(addr, size, initiator), "little")
+
+    def write_int(self, addr: int, value: int, size: int, initiator: object = None) -> None:
+        self.write(addr, value.to_bytes(size, "little"), initiator)
