@@ -123,26 +123,28 @@ class SmmuFrontend:
         if name in self._READ_ONLY or self._locked(name):
             return
         if name == "GBPA":
-            if _L["GBPA"].get(value, "UPDATE"):  # only an UPDATE write takes effect
-                self.regs["GBPA"] = _L["GBPA"].put(value, "UPDATE", 0)
-            return
-        if name == "CR0":
+            if not _L["GBPA"].get(value, "UPDATE"):  # only an UPDATE write takes effect
+                return
+            self.regs["GBPA"] = _L["GBPA"].put(value, "UPDATE", 0)
+        elif name == "CR0":
             # No PRI queue and no VMID wildcards (IDR0.PRI = IDR0.VMW = 0): RES0.
             value &= ~(_L["CR0"]["PRIQEN"].mask | _L["CR0"]["VMW"].mask)
             if not self.feat.ats:
                 value &= ~_L["CR0"]["ATSCHK"].mask
             self.regs["CR0"] = self.regs["CR0ACK"] = value
-            self.process_cmdq()
-            return
-        if name == "IRQ_CTRL":
+        elif name == "IRQ_CTRL":
             value &= ~_L["IRQ_CTRL"]["PRIQ_IRQEN"].mask
             self.regs["IRQ_CTRL"] = self.regs["IRQ_CTRLACK"] = value
-            return
-        if name == "CMDQ_CONS":
+        elif name == "CMDQ_CONS":
             rd = _L["CMDQ_CONS"].get(value, "RD")  # ERR belongs to the SMMU
-            value = _L["CMDQ_CONS"].put(self.regs["CMDQ_CONS"], "RD", rd)
-        self.regs[name] = value
-        if name in ("CMDQ_PROD", "GERRORN"):
+            self.regs[name] = _L["CMDQ_CONS"].put(self.regs["CMDQ_CONS"], "RD", rd)
+        else:
+            self.regs[name] = value
+        self._written(name)
+
+    def _written(self, name: str) -> None:
+        """A register write took effect: the doorbells that start the consumer."""
+        if name in ("CR0", "CMDQ_PROD", "GERRORN"):
             self.process_cmdq()
 
     # -------------------------------------------------------------- GERROR
@@ -178,6 +180,16 @@ class SmmuFrontend:
                 if f.get(self.regs["GERROR"]) == f.get(self.regs["GERRORN"]):
                     self.regs["GERROR"] ^= f.mask
 
+    def _signal_sync(self, c) -> None:
+        """CMD_SYNC completion: CS=SIG_IRQ writes MSIDATA to MSIADDR when MSIs are
+        implemented and an address is given, else pulses the wired interrupt.
+        CS=SIG_SEV signals nothing here (IDR0.SEV=0: no WFE wake-up events)."""
+        if c.CS == 1:
+            if self.feat.msi and c.MSIADDR:
+                self._msi_write(c.MSIADDR, c.MSIDATA, "MSI_CMDQ_ABT_ERR")
+            else:
+                self.irqs["cmd_sync"] += 1
+
     # --------------------------------------------------------- event queue
     def _evtq(self) -> QueueGeometry:
         base = self.regs["EVENTQ_BASE"]
@@ -188,6 +200,10 @@ class SmmuFrontend:
 
     def record(self, fault: Fault) -> bool:
         """Write an event record; False when it was lost (queue off, full, or abort)."""
+        return self.record_word(fault.encode(), fault.sid)
+
+    def record_word(self, word: int, sid: int) -> bool:
+        """Write a 256-bit record already encoded (the vSMMU forwards records)."""
         if not self._f("CR0ACK", "EVENTQEN"):
             self.events_lost += 1
             return False
@@ -201,8 +217,8 @@ class SmmuFrontend:
             return False
         wr = _L["EVENTQ_PROD"].get(prod, "WR")
         try:
-            self.mem.write(q.addr(wr), fault.encode().to_bytes(EVT_SIZE, "little"),
-                           Initiator(self.name, "evtq", fault.sid))
+            self.mem.write(q.addr(wr), word.to_bytes(EVT_SIZE, "little"),
+                           Initiator(self.name, "evtq", sid))
         except BusError:
             self._gerror("EVENTQ_ABT_ERR")
             self.events_lost += 1

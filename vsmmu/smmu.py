@@ -218,12 +218,7 @@ class Smmu(SmmuFrontend):
         if self._atc_inv_timed_out:
             self._atc_inv_timed_out = False
             return CmdError.ATC_INV_SYNC
-        if c.CS == 1:
-            if self.feat.msi and c.MSIADDR:
-                self._msi_write(c.MSIADDR, c.MSIDATA, "MSI_CMDQ_ABT_ERR")
-            else:
-                self.irqs["cmd_sync"] += 1
-        # CS=SIG_SEV: no WFE wake-up events on this system (IDR0.SEV=0)
+        self._signal_sync(c)
 
     # ------------------------------------------------------- configuration
     def _stream(self, sid: int) -> StreamConfig:
