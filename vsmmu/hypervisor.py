@@ -1,0 +1,277 @@
+"""The hypervisor: guests, their stage 2, device assignment, and one vSMMU per
+(guest, physical SMMU).
+
+It owns everything a guest must not: physical memory allocation and its
+ownership map, VMIDs, stage-2 tables, the physical stream tables and command
+queues.  Every change that could leave a stale translation behind is followed
+by the invalidation that removes it before the page or device is reused:
+
+* stage-2 unmap: TLBI_S2_IPA for the range, TLBI_NH_ALL for the VMID (cached
+  stage-1+2 entries survive TLBI_S2_IPA), ATC_INV for the guest's ATS
+  devices, CMD_SYNC, and only then is the page scrubbed and freed;
+* deassignment: an abort STE (quarantine) with CFGI_STE + CMD_SYNC, ATC_INV;
+* guest destruction: all of the above, then TLBI_S12_VMALL; the VMID is
+  retired only after that completes on every SMMU.
+
+MSIs: each guest has a doorbell page; the guest is told the reserved IOVA
+window (`MSI_WINDOW`), which its stage 1 maps 1:1 to the same IPA and which
+stage 2 maps to that doorbell (the SW_MSI / RMR approach).  A device write
+that lands on a doorbell is logged as an MSI with its StreamID.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .alloc import Allocator
+from .driver import SmmuDriver, cmd, ste_abort, ste_s2
+from .faults import Fault
+from .frontend import Initiator
+from .layouts import Op
+from .memory import FREE, HYP, PAGE_SIZE, PhysMem
+from .pagetable import IpaView, PageTable
+from .platform import DeviceSpec, GuestSpec, Platform, default_platform
+from .smmu import DmaResult, Smmu
+from .virtual import VSmmu
+
+IPA_BITS = 40  # each guest's IPA space; the vSMMU advertises it as its OAS
+GUEST_RAM = 0x4000_0000  # IPA of guest RAM
+MSI_WINDOW = (0x0800_0000, PAGE_SIZE)  # reserved IOVA == IPA window of the doorbell
+HYP_POOL = (0x1000_0000, 0x800_0000)  # stream tables, queues, stage-2 tables
+DOORBELLS = 0x0900_0000  # physical doorbell pages, one per guest slot
+RAM_POOL = 0x1_0000_0000  # guest RAM is carved from here
+MAX_VMID = 1 << 16
+
+
+def doorbell_owner(guest: str) -> tuple[str, str]:
+    return ("msi", guest)
+
+
+@dataclass
+class PhysicalSmmu:
+    name: str
+    smmu: Smmu
+    drv: SmmuDriver
+    owners: dict[int, tuple[str, int]] = field(default_factory=dict)  # pSID -> (guest, vSID)
+
+
+@dataclass
+class Guest:
+    name: str
+    vmid: int
+    s2: PageTable
+    view: IpaView
+    s2_ste: int  # the stage-2-only STE of this guest's streams
+    doorbell: int  # PA of its MSI doorbell page
+    ram: int  # bytes of RAM at GUEST_RAM
+    pages: dict[int, int] = field(default_factory=dict)  # IPA page -> PA page
+    ipas: dict[int, int] = field(default_factory=dict)  # PA page -> IPA page (reverse)
+    vsmmus: dict[str, VSmmu] = field(default_factory=dict)
+
+    def add_page(self, ipa: int, pa: int) -> None:
+        self.s2.map(ipa, pa, PAGE_SIZE, exec=False)
+        self.pages[ipa], self.ipas[pa] = pa, ipa
+
+    def drop_page(self, ipa: int) -> int | None:
+        """Forget a page's bookkeeping (the caller unmaps and invalidates)."""
+        pa = self.pages.pop(ipa, None)
+        if pa is not None:
+            del self.ipas[pa]
+        return pa
+
+    def ipa_of(self, pa: int) -> int | None:
+        """Reverse stage 2: the IPA at which this guest sees `pa` (None: not its page)."""
+        ipa = self.ipas.get(pa & ~(PAGE_SIZE - 1))
+        return None if ipa is None else ipa + (pa & (PAGE_SIZE - 1))
+
+
+@dataclass(frozen=True)
+class Msi:
+    doorbell_of: str  # the guest whose doorbell was written
+    smmu: str
+    sid: int  # the physical StreamID that wrote it (the device ID)
+
+
+class Hypervisor:
+    def __init__(self, platform: Platform | None = None):
+        self.platform = platform or default_platform()
+        self.mem = PhysMem(48)
+        self.mem.add(*HYP_POOL, HYP)
+        self.hyp_alloc = Allocator(*HYP_POOL)
+        self._free_pages: list[int] = []
+        self._next_ram = RAM_POOL
+        self._free_vmids = list(range(MAX_VMID - 1, 0, -1))  # VMID 0 is never a guest's
+        self.smmus: dict[str, PhysicalSmmu] = {}
+        self.guests: dict[str, Guest] = {}
+        self.devices: dict[str, DeviceSpec] = {d.name: d for d in self.platform.devices}
+        self.assigned: dict[str, tuple[str, int]] = {}  # device -> (guest, vSID)
+        self.msis: list[Msi] = []
+        self.unrouted: list[Fault] = []  # physical events of streams no guest owns
+        self.mem.observers.append(self._observe)
+        for spec in self.platform.smmus:
+            smmu = Smmu(self.mem, spec.features, spec.name)
+            drv = SmmuDriver(smmu, self.mem, self.hyp_alloc, poll=smmu.tick)
+            drv.reset(two_level=spec.features.st_2lvl and spec.features.sidsize > 8)
+            self.smmus[spec.name] = PhysicalSmmu(spec.name, smmu, drv)
+        for g in self.platform.guests:
+            self.create_guest(g)
+        for d in self.platform.devices:
+            if d.guest is not None:
+                self.assign(d.name, d.guest, d.vsid)
+
+    # ------------------------------------------------------------ memory
+    def _page(self, owner) -> int:
+        """A scrubbed physical page for `owner`."""
+        if self._free_pages:
+            pa = self._free_pages.pop()
+            self.mem.set_owner(pa, PAGE_SIZE, owner)
+        else:
+            pa = self._next_ram
+            self._next_ram += PAGE_SIZE
+            self.mem.add(pa, PAGE_SIZE, owner)
+        return pa
+
+    def _release(self, pa: int) -> None:
+        self.mem.set_owner(pa, PAGE_SIZE, FREE)  # scrubbed on the way out
+        self._free_pages.append(pa)
+
+    def _observe(self, kind: str, pa: int, size: int, initiator: object) -> None:
+        if kind != "w" or not isinstance(initiator, Initiator) or initiator.purpose != "dma":
+            return
+        owner = self.mem.owner(pa)
+        if isinstance(owner, tuple) and owner[0] == "msi":
+            self.msis.append(Msi(owner[1], initiator.smmu, initiator.sid))
+
+    # ------------------------------------------------------------ guests
+    def create_guest(self, spec: GuestSpec) -> Guest:
+        if spec.name in self.guests:
+            raise ValueError(f"guest {spec.name!r} exists")
+        if not self._free_vmids:
+            raise RuntimeError("no free VMID")
+        vmid = self._free_vmids.pop()
+        s2 = PageTable(self.mem, self.hyp_alloc, stage=2, granule=PAGE_SIZE, tsz=64 - IPA_BITS)
+        doorbell = self._page(doorbell_owner(spec.name))
+        s2.map(MSI_WINDOW[0], doorbell, PAGE_SIZE, exec=False)
+        s2_ste = ste_s2(vmid=vmid, ttb=s2.ttb, t0sz=s2.tsz, sl0=s2.sl0, tg=PAGE_SIZE,
+                        ps=IPA_BITS, s2r=True)
+        guest = Guest(spec.name, vmid, s2, IpaView(self.mem, s2), s2_ste, doorbell,
+                      spec.ram_mib << 20)
+        self.guests[spec.name] = guest
+        self.map(spec.name, GUEST_RAM, guest.ram)
+        for name, phys in self.smmus.items():
+            guest.vsmmus[name] = VSmmu(guest, phys, IPA_BITS)
+        return guest
+
+    def destroy_guest(self, name: str) -> None:
+        guest = self.guests[name]
+        for dev, (owner, _) in list(self.assigned.items()):
+            if owner == name:
+                self.deassign(dev)
+        self.unmap(name, GUEST_RAM, guest.ram)
+        for phys in self.smmus.values():
+            phys.drv.submit(cmd(Op.TLBI_S12_VMALL, VMID=guest.vmid))
+            phys.drv.sync()
+        self._release(guest.doorbell)
+        del self.guests[name]
+        self._free_vmids.append(guest.vmid)  # retired: no SMMU caches anything tagged with it
+
+    # ----------------------------------------------------------- stage 2
+    def map(self, guest_name: str, ipa: int, size: int) -> None:
+        """Back [ipa, ipa+size) of a guest with fresh pages."""
+        guest = self.guests[guest_name]
+        for off in range(0, size, PAGE_SIZE):
+            guest.add_page(ipa + off, self._page(guest_name))
+
+    def unmap(self, guest_name: str, ipa: int, size: int) -> list[int]:
+        """Take pages away from a guest; returns their PAs, already free and scrubbed."""
+        guest = self.guests[guest_name]
+        ranges = guest.s2.unmap(ipa, size)
+        self._invalidate_s2(guest, ranges)
+        freed = []
+        for off in range(0, size, PAGE_SIZE):
+            pa = guest.drop_page(ipa + off)
+            if pa is not None:
+                self._release(pa)
+                freed.append(pa)
+        return freed
+
+    def reassign_page(self, src: str, ipa: int, dst: str, dst_ipa: int) -> int:
+        """Balloon one page from `src` to `dst` (scrubbed in between); returns its PA."""
+        source, target = self.guests[src], self.guests[dst]
+        if dst_ipa in target.pages:
+            raise ValueError(f"IPA {dst_ipa:#x} of {dst!r} is already backed")
+        pa = source.drop_page(ipa)
+        if pa is None:
+            raise ValueError(f"IPA {ipa:#x} of {src!r} is not backed")
+        self._invalidate_s2(source, source.s2.unmap(ipa, PAGE_SIZE))
+        self.mem.set_owner(pa, PAGE_SIZE, dst)  # scrubs
+        target.add_page(dst_ipa, pa)
+        return pa
+
+    def _invalidate_s2(self, guest: Guest, ranges: list[tuple[int, int]]) -> None:
+        for phys in self.smmus.values():
+            for start, length in ranges:
+                phys.drv.tlbi_s2_ipa(start, length, vmid=guest.vmid)
+            phys.drv.tlbi_nh_all(guest.vmid)  # combined stage-1+2 entries too
+            for psid, (owner, vsid) in phys.owners.items():
+                if owner == guest.name and vsid in guest.vsmmus[phys.name].ats_vsids:
+                    phys.drv.submit(cmd(Op.ATC_INV, SID=psid, GLOBAL=1, SIZE=52))
+            phys.drv.sync()
+
+    # ----------------------------------------------------------- devices
+    def assign(self, device: str, guest_name: str, vsid: int | None = None) -> int:
+        """Give a device to a guest as vSID `vsid` on its SMMU's vSMMU; returns the vSID."""
+        spec = self.devices[device]
+        if device in self.assigned:
+            raise ValueError(f"device {device!r} is assigned to {self.assigned[device][0]!r}")
+        vsmmu = self.guests[guest_name].vsmmus[spec.smmu]
+        if vsid is None:
+            vsid = next(v for v in range(1 << 16) if v not in vsmmu.vsids)
+        elif vsid in vsmmu.vsids:
+            raise ValueError(f"vSID {vsid:#x} is taken on {vsmmu.name}")
+        self.smmus[spec.smmu].owners[spec.sid] = (guest_name, vsid)
+        self.assigned[device] = (guest_name, vsid)
+        vsmmu.attach(vsid, spec.sid, ats=spec.ats)
+        return vsid
+
+    def deassign(self, device: str) -> None:
+        """Quarantine: abort STE, config and ATC invalidation, sync — before the
+        device can be handed to anyone else."""
+        spec = self.devices[device]
+        guest_name, vsid = self.assigned.pop(device)
+        phys = self.smmus[spec.smmu]
+        self.guests[guest_name].vsmmus[spec.smmu].detach(vsid)
+        del phys.owners[spec.sid]
+        phys.drv.write_ste(spec.sid, ste_abort())
+        if spec.ats:
+            phys.drv.submit(cmd(Op.ATC_INV, SID=spec.sid, GLOBAL=1, SIZE=52))
+            phys.drv.sync()
+
+    # ------------------------------------------------------------ running
+    def dma(self, device: str, addr: int, size: int = 4, **kw) -> DmaResult:
+        """A transaction from a device, then the events it caused are routed."""
+        spec = self.devices[device]
+        result = self.smmus[spec.smmu].smmu.dma(spec.sid, addr, size, **kw)
+        self.route_events()
+        return result
+
+    def route_events(self) -> None:
+        """Drain every physical event queue; each record goes to the guest that owns
+        its stream, through that guest's vSMMU, or nowhere."""
+        for phys in self.smmus.values():
+            for fault in phys.drv.events().faults:
+                owner = phys.owners.get(fault.sid)
+                if owner is None:
+                    self.unrouted.append(fault)
+                    continue
+                guest_name, vsid = owner
+                self.guests[guest_name].vsmmus[phys.name].forward(fault.encode(), vsid)
+
+    def step(self) -> None:
+        """Let time pass: budgeted guest command queues continue, hardware catches up."""
+        for guest in self.guests.values():
+            for vsmmu in guest.vsmmus.values():
+                vsmmu.tick()
+        for phys in self.smmus.values():
+            phys.smmu.tick()
+        self.route_events()

@@ -1,0 +1,174 @@
+"""The virtual SMMUv3 a guest sees for one physical SMMU (trap and emulate).
+
+One `VSmmu` per (guest, physical SMMU): the N:N model, so StreamIDs of
+different physical SMMUs never meet in one table.  It is an `SmmuFrontend` —
+the same register file, queues and stream-table lookup as the hardware —
+whose memory is the guest's IPA space.  What it does with guest input is
+decided by the transfer functions (transfer.py); this class only moves data:
+
+* vSTEs are read from the guest's stream table when the guest enables the
+  vSMMU, changes GBPA while disabled, or issues CFGI_STE(_RANGE); each becomes
+  a physical STE written with the driver's hitless sequence;
+* guest commands are consumed on a PROD write, at most `cmdq_budget` per
+  trap (a guest cannot pin the hypervisor: Xen design risk 7); forwarded
+  ones go to the physical queue, and the guest's CMD_SYNC completes only
+  after a physical CMD_SYNC has;
+* physical events of the guest's streams come back through `forward`.
+
+A vSTE the vSMMU cannot use (unreadable, outside the guest's table, or
+rejected by the transfer function) is installed as a V=0 physical STE: the
+hardware then raises C_BAD_STE for it, and `forward` turns that into the
+event the guest's own table deserved (F_STE_FETCH, C_BAD_STREAMID, C_BAD_STE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from .driver import CommandError
+from .faults import Fault, FaultError
+from .features import Features
+from .frontend import STE_SIZE, SmmuFrontend
+from .layouts import COMMANDS, EVENT, CmdError, Event, Op
+from .transfer import (
+    ABORT_STE,
+    Action,
+    GuestContext,
+    HostStream,
+    guest_command,
+    guest_event,
+    vste_to_pste,
+)
+
+if TYPE_CHECKING:
+    from .hypervisor import Guest, PhysicalSmmu
+
+
+def guest_features(phys: Features, ipa_bits: int) -> Features:
+    """What a vSMMU advertises: stage 1 only (the hypervisor owns stage 2), the
+    guest's IPA size as its output size, 16-bit vSIDs, and the physical SMMU's
+    stage-1 capabilities (granules, SSIDs, 2-level CD tables, RIL, ATS, HAD)."""
+    return Features(
+        s1p=True, s2p=False, asid16=phys.asid16, vmid16=False, sidsize=16,
+        ssidsize=phys.ssidsize, oas_bits=ipa_bits, granules=phys.granules, st_2lvl=True,
+        cd_2lvl=phys.cd_2lvl, ril=phys.ril, ats=phys.ats, msi=True, had=phys.had, xnx=False,
+        cmdqs=phys.cmdqs, eventqs=phys.eventqs,
+    )
+
+
+class VSmmu(SmmuFrontend):
+    cmdq_budget = 64
+
+    def __init__(self, guest: Guest, phys: PhysicalSmmu, ipa_bits: int):
+        self.guest, self.phys = guest, phys
+        self.mem = guest.view
+        self.vsids: dict[int, int] = {}  # vSID -> pSID on `phys`
+        self.ats_vsids: set[int] = set()  # devices allowed to use ATS
+        self.installed: dict[int, int] = {}  # vSID -> physical STE last written
+        self.pending: dict[int, Fault] = {}  # vSID -> the fault a physical C_BAD_STE stands for
+        self._unsynced = False  # forwarded commands not yet followed by a physical SYNC
+        super().__init__(guest_features(phys.smmu.feat, ipa_bits), f"{guest.name}/{phys.name}")
+
+    # ------------------------------------------------------------ streams
+    def attach(self, vsid: int, psid: int, ats: bool = False) -> None:
+        self.vsids[vsid] = psid
+        if ats:
+            self.ats_vsids.add(vsid)
+        self.install(vsid)
+
+    def detach(self, vsid: int) -> int:
+        """Forget a stream (the hypervisor quarantines it); returns its pSID."""
+        self.installed.pop(vsid, None)
+        self.pending.pop(vsid, None)
+        self.ats_vsids.discard(vsid)
+        return self.vsids.pop(vsid)
+
+    def physical_ste(self, vsid: int) -> tuple[int, Fault | None]:
+        """The physical STE the guest's current state asks for, and the fault a
+        physical C_BAD_STE on it will stand for."""
+        if not self._f("CR0ACK", "SMMUEN"):  # the vSMMU's GBPA: abort, or stage 2 only
+            return (ABORT_STE if self._f("GBPA", "ABORT") else self.guest.s2_ste), None
+        try:
+            vste = self._fetch(self._ste_addr(vsid), STE_SIZE, "ste", vsid, Event.F_STE_FETCH)
+        except FaultError as e:
+            return 0, replace(e.fault, sid=vsid)
+        host = HostStream(self.guest.s2_ste, self.feat.ssidsize, vsid in self.ats_vsids)
+        pste = vste_to_pste(vste, host)
+        return pste, (Fault(Event.C_BAD_STE, sid=vsid) if pste == 0 else None)
+
+    def install(self, vsid: int) -> None:
+        pste, fault = self.physical_ste(vsid)
+        if fault is None:
+            self.pending.pop(vsid, None)
+        else:
+            self.pending[vsid] = fault
+        if self.installed.get(vsid) != pste:
+            self.phys.drv.write_ste(self.vsids[vsid], pste)
+            self.installed[vsid] = pste
+
+    def refresh(self) -> None:
+        for vsid in list(self.vsids):
+            self.install(vsid)
+
+    def _written(self, name: str) -> None:
+        if name in ("CR0", "GBPA"):  # enable or bypass policy changed: every stream
+            self.refresh()
+        super()._written(name)
+
+    # ----------------------------------------------------------- commands
+    def context(self) -> GuestContext:
+        return GuestContext(self.guest.vmid, self.vsids, self.feat.ats)
+
+    def execute(self, cmd: int) -> CmdError:
+        action, out = guest_command(cmd, self.context())
+        if action == Action.FORWARD:
+            self.phys.drv.submit(out)
+            self._unsynced = True
+        elif action == Action.CFGI_STE:
+            self._cfgi(COMMANDS[cmd & 0xFF].decode(cmd))
+        elif action == Action.SYNC:
+            if self._unsynced and not self._physical_sync():
+                return CmdError.ILL
+            self._signal_sync(COMMANDS[Op.SYNC].decode(cmd))
+        elif action == Action.ILL:
+            return CmdError.ILL
+        return CmdError.NONE
+
+    def _cfgi(self, c) -> None:
+        if c.OP == Op.CFGI_STE:
+            first, count = c.SID, 1
+        elif c.RANGE == 31:
+            first, count = 0, 1 << 32
+        else:
+            count = 1 << (c.RANGE + 1)
+            first = c.SID & ~(count - 1)
+        for vsid in [v for v in self.vsids if first <= v < first + count]:
+            self.install(vsid)
+
+    def _physical_sync(self) -> bool:
+        """Complete forwarded work.  The transfer function only forwards commands
+        the hardware accepts, so a physical CERROR is a hypervisor bug: it is
+        recovered and reported to the guest as CERROR_ILL rather than hidden."""
+        self._unsynced = False
+        try:
+            self.phys.drv.sync()
+        except CommandError:
+            self.phys.drv.recover()
+            return False
+        return True
+
+    # ------------------------------------------------------------- events
+    def forward(self, record: int, vsid: int) -> bool:
+        """A physical event record of one of this guest's streams, into the guest's
+        event queue; False when it is not for the guest or the queue lost it."""
+        fetch = Fault.decode(record).fetch_addr
+        fetch_ipa = self.guest.ipa_of(fetch) if fetch is not None else 0
+        ok, out = guest_event(record, vsid, fetch_ipa or 0)
+        if not ok:
+            return False
+        if EVENT.get(record, "ID") == Event.C_BAD_STE and vsid in self.pending:
+            ssid = EVENT.get(record, "SSID") if EVENT.get(record, "SSV") else None
+            out = replace(self.pending[vsid], ssid=ssid).encode()
+        return self.record_word(out, vsid)
+
