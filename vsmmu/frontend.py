@@ -33,7 +33,7 @@ class Initiator(NamedTuple):
     """Who performs a memory access: observers (invariant checkers) key on it."""
 
     smmu: str
-    purpose: str  # "ste" "cd" "ptw" "cmdq" "evtq" "msi" "dma"
+    purpose: str  # "ste" "cd" "s1" "s2" (table walks) "cmdq" "evtq" "msi" "dma"
     sid: int | None = None
 
 

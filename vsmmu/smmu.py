@@ -240,11 +240,13 @@ class Smmu(SmmuFrontend):
         else:
             leaf_bits = 6 if stream.s1_fmt == S1_FMT_2LVL_4K else 10
             l1_ipa = ptr + (ssid >> leaf_bits) * 8
-            desc = self._fetch(self._cd_pa(stream, l1_ipa), 8, "cd", sid, Event.F_CD_FETCH)
+            desc = self._fetch(self._cd_pa(stream, l1_ipa, sid), 8, "cd", sid,
+                               Event.F_CD_FETCH)
             if not L1_CD.get(desc, "V"):
                 raise FaultError(Fault(Event.C_BAD_SUBSTREAMID))
             cd_ipa = L1_CD.get(desc, "L2PTR") + (ssid & ((1 << leaf_bits) - 1)) * CD_SIZE
-        word = self._fetch(self._cd_pa(stream, cd_ipa), CD_SIZE, "cd", sid, Event.F_CD_FETCH)
+        word = self._fetch(self._cd_pa(stream, cd_ipa, sid), CD_SIZE, "cd", sid,
+                           Event.F_CD_FETCH)
         ctx = decode_cd(word, self.feat)
         self._check_asid_conflict(sid, ssid, stream, ctx)
         self.config_cache.put_cd(sid, ssid, ctx)
@@ -262,16 +264,26 @@ class Smmu(SmmuFrontend):
             if same_vm and _table_identity(other) != mine:
                 raise FaultError(Fault(Event.F_CFG_CONFLICT))
 
-    def _cd_pa(self, stream: StreamConfig, ipa: int) -> int:
+    def _cd_pa(self, stream: StreamConfig, ipa: int, sid: int) -> int:
         """CD and L1CD addresses are IPAs when nested: translate with CLASS=CD."""
         if stream.config != Config.NESTED:
             return ipa
-        return self._s2_fetch(stream, ipa, FaultClass.CD)
+        return self._s2_fetch(stream, ipa, FaultClass.CD, sid)
 
-    def _s2_fetch(self, stream: StreamConfig, ipa: int, cls: FaultClass) -> int:
+    def _s2_fetch(self, stream: StreamConfig, ipa: int, cls: FaultClass, sid: int) -> int:
         """Stage-2 translation of an SMMU read (CD or stage-1 table) in a nested walk."""
-        return s2_table_fetch(self.mem, stream.s2, ipa, Initiator(self.name, "ptw"),
+        return s2_table_fetch(self.mem, stream.s2, ipa, Initiator(self.name, "s2", sid),
                               fault_class=cls)
+
+    def _s1_walk(self, stream: StreamConfig, ctx: ContextConfig, addr: int, sid: int):
+        """Stage 1 (table reads tagged "s1"); nested: every table address through stage 2."""
+        fetch = None
+        if stream.config == Config.NESTED:
+            fetch = lambda ipa, cls: self._s2_fetch(stream, ipa, cls, sid)  # noqa: E731
+        return walk_s1(self.mem, ctx.s1, addr, s2=fetch, initiator=Initiator(self.name, "s1", sid))
+
+    def _s2_walk(self, stream: StreamConfig, ipa: int, sid: int):
+        return walk_s2(self.mem, stream.s2, ipa, initiator=Initiator(self.name, "s2", sid))
 
     # --------------------------------------------------------- translation
     def _complete(self, fault: Fault, sid, ssid, addr, access: Access) -> Fault:
@@ -333,7 +345,7 @@ class Smmu(SmmuFrontend):
         try:
             entry = self._lookup(stream.vmid, asid, addr)
             if entry is None:
-                entry = self._walk(stream, ctx, addr, access)
+                entry = self._walk(stream, ctx, addr, access, sid)
                 self.iotlb.insert(entry)
             self._check_perm(entry, addr, access)
         except FaultError as e:
@@ -354,23 +366,20 @@ class Smmu(SmmuFrontend):
         return hits[0] if hits else None
 
     def _walk(self, stream: StreamConfig, ctx: ContextConfig | None, addr: int,
-              access: Access = READ) -> TlbEntry:
-        initiator = Initiator(self.name, "ptw", None)
+              access: Access, sid: int) -> TlbEntry:
         if ctx is None:  # stage 2 only
-            leaf = walk_s2(self.mem, stream.s2, addr, initiator=initiator)
+            leaf = self._s2_walk(stream, addr, sid)
             return TlbEntry(stream.vmid, S2_ONLY, leaf.in_base, leaf.size, leaf.out_base,
                             leaf.level, None, leaf.perm)
-        nested = stream.config == Config.NESTED
-        fetch = (lambda ipa, cls: self._s2_fetch(stream, ipa, cls)) if nested else None
-        s1 = walk_s1(self.mem, ctx.s1, addr, s2=fetch, initiator=initiator)
-        if not nested:
+        s1 = self._s1_walk(stream, ctx, addr, sid)
+        if stream.config != Config.NESTED:
             return TlbEntry(stream.vmid, ctx.s1.asid, s1.in_base, s1.size, s1.out_base,
                             s1.level, s1.perm, None)
         if not access.allowed_by(s1.perm):
             # Stage 1 completes, permission check included, before stage 2 translates its
             # output: an S1 F_PERMISSION wins over any S2 fault on the output IPA.
             raise FaultError(Fault(Event.F_PERMISSION))
-        s2 = walk_s2(self.mem, stream.s2, s1.out, initiator=initiator)
+        s2 = self._s2_walk(stream, s1.out, sid)
         size = min(s1.size, s2.size)
         offset = addr & (size - 1)
         return TlbEntry(stream.vmid, ctx.s1.asid, addr - offset, size, s2.out - offset,
@@ -443,7 +452,7 @@ class Smmu(SmmuFrontend):
                 return addr
             entry = self._lookup(stream.vmid, S2_ONLY, addr)
             if entry is None:
-                leaf = walk_s2(self.mem, stream.s2, addr, initiator=Initiator(self.name, "ptw"))
+                leaf = self._s2_walk(stream, addr, sid)
                 entry = TlbEntry(stream.vmid, S2_ONLY, leaf.in_base, leaf.size, leaf.out_base,
                                  leaf.level, None, leaf.perm)
                 self.iotlb.insert(entry)
@@ -491,8 +500,7 @@ class Smmu(SmmuFrontend):
         EATS=S1CHK only stage 1 is applied (the device gets an IPA)."""
         if stream.eats == EATS_S1CHK:
             ctx = self._context(sid, stream, ssid if ssid is not None else 0)
-            fetch = lambda ipa, cls: self._s2_fetch(stream, ipa, cls)  # noqa: E731
-            leaf = walk_s1(self.mem, ctx.s1, addr, s2=fetch, initiator=Initiator(self.name, "ptw"))
+            leaf = self._s1_walk(stream, ctx, addr, sid)
             if not access.allowed_by(leaf.perm):
                 raise FaultError(Fault(Event.F_PERMISSION))
             return leaf.out, (leaf.in_base, leaf.size, leaf.out_base, leaf.perm)
