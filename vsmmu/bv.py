@@ -52,6 +52,10 @@ def ule(a: Any, b: Any) -> Any:
     return _z3().ULE(a, b)
 
 
+def implies(a: Any, b: Any) -> Any:
+    return any_of(not_(a), b)
+
+
 def member(value: Any, options: frozenset[int] | set[int]) -> Any:
     """`value in options` for an int or a bit-vector."""
     if not is_symbolic(value):

@@ -1,4 +1,8 @@
-"""The `vsmmu` command line.  Each subcommand is a thin shell over a library call."""
+"""The `vsmmu` command line.  Each subcommand is a thin shell over a library call.
+
+This is the application shell over all three layers (the model, properties/,
+fuzz/); it imports the upper layers lazily, inside the subcommands, and
+nothing in the model imports it."""
 
 from __future__ import annotations
 
@@ -28,6 +32,27 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prove(args: argparse.Namespace) -> int:
+    from properties.proofs import prove_all
+
+    results = prove_all(timeout_ms=args.timeout * 1000)
+    if args.json:
+        print(json.dumps({"proofs": [r.as_dict() for r in results]}, indent=2))
+    else:
+        print(f"{'property':20} {'for':12} {'result':9} {'seconds':>8}  counterexample")
+        for r in results:
+            cex = " ".join(f"{k}={v}" for k, v in (r.counterexample or {}).items())
+            print(f"{r.property:20} {r.subject:12} {r.result:9} {r.seconds:8.3f}  {cex}")
+    return 0 if all(r.result == "proved" for r in results) else 1
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vsmmu",
@@ -37,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="drive the SMMUv3 model: translations, faults, events")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("prove", help="prove the vSMMU transfer functions for all guest inputs")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--timeout", type=_positive, default=30, metavar="S",
+                   help="Z3 time limit per proof, seconds (default 30); a timeout is 'unknown'")
+    p.set_defaults(func=_prove)
     p = sub.add_parser("info", help="the model's default ID registers, decoded")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_info)

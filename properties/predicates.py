@@ -1,0 +1,71 @@
+"""The isolation predicates, over the `bv` interface: one definition serves the
+per-step concrete checks (ints) and the universal proofs (Z3 terms)."""
+
+from __future__ import annotations
+
+from functools import reduce
+from typing import Any
+
+from vsmmu import bv
+from vsmmu.layouts import CMD_ANY, COMMANDS, EVENT, STE, Config, Op
+from vsmmu.transfer import VSTE_ALLOWED, GuestContext
+
+# The hypervisor's half of a guest stream's STE: every stage-2 field and the VMID.
+S2_FIELDS = ("S2VMID", "S2T0SZ", "S2SL0", "S2IR0", "S2OR0", "S2SH0", "S2TG", "S2PS",
+             "S2AA64", "S2ENDI", "S2AFFD", "S2PTW", "S2HD", "S2HA", "S2S", "S2R", "S2TTB")
+S2_MASK = reduce(lambda m, f: m | STE[f].mask, S2_FIELDS, 0)
+# Bits a physical STE of a guest stream may hold that the hypervisor did not put there.
+GUEST_BITS = VSTE_ALLOWED | STE["MEV"].mask | STE["CONFIG"].mask
+
+
+def stage2_authority(pste: Any, s2_ste: int) -> Any:
+    """A guest stream's physical STE is invalid, abort, or stage 2 / nested with the
+    hypervisor's stage-2 fields and VMID; every other bit is the hypervisor's or one
+    the nesting whitelist allows.  Never bypass, never stage-1 only."""
+    config = STE.get(pste, "CONFIG")
+    translating = bv.all_of(
+        bv.member(config, frozenset({Config.S2_TRANS, Config.NESTED})),
+        pste & S2_MASK == s2_ste & S2_MASK,
+        (pste ^ s2_ste) & ~GUEST_BITS & ((1 << 512) - 1) == 0,
+    )
+    return bv.any_of(STE.get(pste, "V") == 0, config == Config.ABORT, translating)
+
+
+# What a guest may cause on the physical queue, and the field rules per opcode.
+FORWARDABLE = frozenset({Op.CFGI_CD, Op.CFGI_CD_ALL, Op.TLBI_NH_ALL, Op.TLBI_NH_ASID,
+                         Op.TLBI_NH_VA, Op.TLBI_NH_VAA, Op.ATC_INV})
+
+
+def command_confined(out: Any, ctx: GuestContext) -> Any:
+    """A physical command issued for a guest names only its pSIDs and its VMID,
+    carries no reserved bits and no Secure stream, and is of a forwardable kind."""
+    op = CMD_ANY.get(out, "OP")
+    psids = frozenset(ctx.vsids.values())
+    rules = []
+    for code in FORWARDABLE:
+        layout = COMMANDS[code]
+        conds = [out & ~layout.defined_mask & ((1 << 128) - 1) == 0]
+        if "VMID" in layout:
+            conds.append(layout.get(out, "VMID") == ctx.vmid)
+        if "SID" in layout:
+            conds.append(bv.member(layout.get(out, "SID"), psids))
+        if "SSEC" in layout:
+            conds.append(layout.get(out, "SSEC") == 0)
+        rules.append(bv.implies(op == code, bv.all_of(*conds)))
+    return bv.all_of(bv.member(op, frozenset(int(o) for o in FORWARDABLE)), *rules)
+
+
+_DWORD3 = ((1 << 64) - 1) << 192
+
+
+def event_confined(out: Any, record: Any, vsid: Any, fetch_ipa: Any) -> Any:
+    """A record written into a guest's event queue names the guest's vSID, and its
+    address dword holds nothing but the guest's own IPA (a stage-2 fault's input)
+    or the guest address of a failed fetch: never a physical address."""
+    d3 = out & _DWORD3
+    allowed_d3 = bv.any_of(
+        d3 == 0,
+        d3 == EVENT.put(0, "FETCH_ADDR", fetch_ipa),
+        d3 == record & EVENT["IPA"].mask,
+    )
+    return bv.all_of(EVENT.get(out, "SID") == vsid, allowed_d3)
