@@ -23,6 +23,7 @@ event the guest's own table deserved (F_STE_FETCH, C_BAD_STREAMID, C_BAD_STE).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -68,6 +69,10 @@ class VSmmu(SmmuFrontend):
         self.installed: dict[int, int] = {}  # vSID -> physical STE last written
         self.pending: dict[int, Fault] = {}  # vSID -> the fault a physical C_BAD_STE stands for
         self._unsynced = False  # forwarded commands not yet followed by a physical SYNC
+        # Watchers of what crosses the trust boundary (the invariant monitor):
+        # ("command", physical command word) and ("event", (guest record, physical
+        # record, vSID, fetch IPA)), each before it takes effect.
+        self.observers: list[Callable[[str, VSmmu, object], None]] = []
         super().__init__(guest_features(phys.smmu.feat, ipa_bits), f"{guest.name}/{phys.name}")
 
     # ------------------------------------------------------------ streams
@@ -123,6 +128,7 @@ class VSmmu(SmmuFrontend):
     def execute(self, cmd: int) -> CmdError:
         action, out = guest_command(cmd, self.context())
         if action == Action.FORWARD:
+            self._notify("command", out)
             self.phys.drv.submit(out)
             self._unsynced = True
         elif action == Action.CFGI_STE:
@@ -163,12 +169,19 @@ class VSmmu(SmmuFrontend):
         """A physical event record of one of this guest's streams, into the guest's
         event queue; False when it is not for the guest or the queue lost it."""
         fetch = Fault.decode(record).fetch_addr
-        fetch_ipa = self.guest.ipa_of(fetch) if fetch is not None else 0
-        ok, out = guest_event(record, vsid, fetch_ipa or 0)
+        fetch_ipa = (self.guest.ipa_of(fetch) if fetch is not None else None) or 0
+        ok, out = guest_event(record, vsid, fetch_ipa)
         if not ok:
             return False
         if EVENT.get(record, "ID") == Event.C_BAD_STE and vsid in self.pending:
+            # The guest's own table was the problem: report that (its address is an IPA).
             ssid = EVENT.get(record, "SSID") if EVENT.get(record, "SSV") else None
-            out = replace(self.pending[vsid], ssid=ssid).encode()
+            fault = replace(self.pending[vsid], ssid=ssid)
+            out, fetch_ipa = fault.encode(), fault.fetch_addr or 0
+        self._notify("event", (out, record, vsid, fetch_ipa))
         return self.record_word(out, vsid)
+
+    def _notify(self, kind: str, what: object) -> None:
+        for observe in self.observers:
+            observe(kind, self, what)
 

@@ -1,0 +1,175 @@
+"""The per-step invariant monitor: attach to a running `Hypervisor`, check after
+every step.
+
+It watches from outside, the way the model allows: memory observers see every
+access with its initiator (a device's DMA, a physical SMMU's table walk, a
+vSMMU acting on a guest's behalf), vSMMU observers see every command and
+event crossing the trust boundary, and after each step the monitor reads the
+physical STEs, the configuration cache, the IOTLB and the device ATCs.
+Violations found during a step are collected (the model is never interrupted
+by a foreign exception) and `check()` raises the first, with the step index
+and a concrete witness.
+
+Costs are microseconds per access plus one pass over the caches per step;
+the Z3 state checks (properties/z3state.py) run only when a guest's stage 2
+changes.
+"""
+
+from __future__ import annotations
+
+from vsmmu.frontend import Initiator
+from vsmmu.hypervisor import Guest, Hypervisor
+from vsmmu.layouts import STE, Config
+from vsmmu.memory import HYP, PAGE_SHIFT
+from vsmmu.virtual import VSmmu
+
+from .predicates import command_confined, event_confined, stage2_authority
+from .violations import (
+    CMD_CONFINEMENT,
+    EVENT_CONFINEMENT,
+    HYP_READ_CONFINEMENT,
+    HYP_WRITE_CONFINEMENT,
+    MSI_CONFINEMENT,
+    NO_CROSS_GUEST_DMA,
+    S2_AUTHORITY,
+    TLB_CONTAINMENT,
+    Violation,
+)
+
+HYP_VMID = 0  # tags the hypervisor's own stage-1-only streams, never a guest's
+
+
+class Monitor:
+    def __init__(self, hyp: Hypervisor):
+        self.hyp = hyp
+        self.step = 0
+        self.found: list[Violation] = []
+        self._vsmmu_guest: dict[str, str] = {}  # vSMMU name -> guest
+        self._msis_checked = 0
+        hyp.mem.observers.append(self._on_access)
+        self._attach_new_guests()
+
+    # ------------------------------------------------------------- helpers
+    def _attach_new_guests(self) -> None:
+        for guest in self.hyp.guests.values():
+            for vsmmu in guest.vsmmus.values():
+                if vsmmu.name not in self._vsmmu_guest:
+                    self._vsmmu_guest[vsmmu.name] = guest.name
+                    vsmmu.observers.append(self._on_vsmmu)
+
+    def _violate(self, invariant: str, **witness) -> None:
+        self.found.append(Violation(invariant, witness, self.step))
+
+    def _stream_owner(self, smmu: str, sid: int | None) -> str | None:
+        phys = self.hyp.smmus.get(smmu)
+        owner = phys.owners.get(sid) if phys is not None and sid is not None else None
+        return owner[0] if owner else None
+
+    def _foreign_page(self, pa: int, size: int, allowed: set) -> tuple[int, object] | None:
+        """The first page of [pa, pa+size) whose owner is not allowed, with its owner."""
+        for page in range(pa >> PAGE_SHIFT, ((pa + max(size, 1) - 1) >> PAGE_SHIFT) + 1):
+            owner = self.hyp.mem.owner(page << PAGE_SHIFT)
+            if owner not in allowed:
+                return page << PAGE_SHIFT, owner
+        return None
+
+    @staticmethod
+    def _guest_pages(guest: str | None) -> set:
+        return {guest, ("msi", guest)} if guest is not None else {HYP}
+
+    # ------------------------------------------------------- memory accesses
+    def _on_access(self, kind: str, pa: int, size: int, who: object) -> None:
+        if not isinstance(who, Initiator):
+            return  # software (the hypervisor or a guest CPU), not a confinement subject
+        if who.purpose == "dma":
+            guest = self._stream_owner(who.smmu, who.sid)
+            bad = self._foreign_page(pa, size, self._guest_pages(guest))
+            if bad:
+                self._violate(NO_CROSS_GUEST_DMA, smmu=who.smmu, sid=who.sid, guest=guest,
+                              access=kind, pa=bad[0], page_owner=bad[1])
+            return
+        guest = self._vsmmu_guest.get(who.smmu)
+        if guest is None and who.purpose in ("s1", "cd"):  # the SMMU reading guest tables
+            guest = self._stream_owner(who.smmu, who.sid)
+        bad = self._foreign_page(pa, size, self._guest_pages(guest))
+        if bad:
+            invariant = HYP_READ_CONFINEMENT if kind == "r" else HYP_WRITE_CONFINEMENT
+            self._violate(invariant, agent=who.smmu, purpose=who.purpose, sid=who.sid,
+                          guest=guest, pa=bad[0], page_owner=bad[1])
+
+    # ------------------------------------------------------- trust boundary
+    def _on_vsmmu(self, kind: str, vsmmu: VSmmu, what: object) -> None:
+        if kind == "command":
+            if not command_confined(what, vsmmu.context()):
+                self._violate(CMD_CONFINEMENT, vsmmu=vsmmu.name, command=what,
+                              vmid=vsmmu.guest.vmid)
+            return
+        out, record, vsid, fetch_ipa = what
+        mapped = fetch_ipa == 0 or vsmmu.guest.view.pa_of(fetch_ipa) is not None
+        if vsid not in vsmmu.vsids or not mapped or not event_confined(out, record, vsid,
+                                                                       fetch_ipa):
+            self._violate(EVENT_CONFINEMENT, vsmmu=vsmmu.name, record=out, vsid=vsid,
+                          fetch_ipa=fetch_ipa)
+
+    # ------------------------------------------------------------ per step
+    def check(self) -> None:
+        """End of a step: check the state, then raise the first violation seen."""
+        self._attach_new_guests()
+        self._check_stes()
+        self._check_caches()
+        self._check_msis()
+        self.step += 1
+        if self.found:
+            raise self.found[0]
+
+    def _check_stes(self) -> None:
+        guests = self.hyp.guests
+        for name, phys in self.hyp.smmus.items():
+            for dev in self.hyp.devices.values():
+                if dev.smmu != name:
+                    continue
+                owner = phys.owners.get(dev.sid)
+                guest = guests.get(owner[0]) if owner else None
+                cached = phys.smmu.config_cache.get_ste(dev.sid)
+                for where, word in (("memory", phys.drv.read_ste(dev.sid)),
+                                    ("config cache", cached.word if cached else None)):
+                    if word is not None and not self._authority_ok(word, guest):
+                        self._violate(S2_AUTHORITY, smmu=name, sid=dev.sid,
+                                      guest=guest.name if guest else None, where=where,
+                                      ste=STE.format(word))
+
+    @staticmethod
+    def _authority_ok(word: int, guest: Guest | None) -> bool:
+        if guest is None:  # unassigned or quarantined: nothing may translate
+            return STE.get(word, "V") == 0 or STE.get(word, "CONFIG") == Config.ABORT
+        return stage2_authority(word, guest.s2_ste)
+
+    def _check_caches(self) -> None:
+        by_vmid = {g.vmid: g.name for g in self.hyp.guests.values()}
+        for name, phys in self.hyp.smmus.items():
+            for e in phys.smmu.iotlb.entries():
+                if e.vmid == HYP_VMID:
+                    continue
+                guest = by_vmid.get(e.vmid)
+                bad = None if guest is None else self._foreign_page(
+                    e.out_base, e.size, self._guest_pages(guest))
+                if guest is None or bad:
+                    self._violate(TLB_CONTAINMENT, smmu=name, cache="iotlb", vmid=e.vmid,
+                                  guest=guest, iova=e.in_base, size=e.size, out=e.out_base,
+                                  page_owner=bad[1] if bad else "retired VMID")
+            for (sid, _ssid), entries in phys.smmu.atc.items():
+                guest = self._stream_owner(name, sid)
+                for in_base, size, out_base, _perm in entries:
+                    bad = self._foreign_page(out_base, size, self._guest_pages(guest))
+                    if bad:
+                        self._violate(TLB_CONTAINMENT, smmu=name, cache="atc", sid=sid,
+                                      guest=guest, iova=in_base, out=bad[0],
+                                      page_owner=bad[1])
+
+    def _check_msis(self) -> None:
+        for msi in self.hyp.msis[self._msis_checked:]:
+            device_owner = self._stream_owner(msi.smmu, msi.sid)
+            if device_owner != msi.doorbell_of:
+                self._violate(MSI_CONFINEMENT, smmu=msi.smmu, sid=msi.sid,
+                              device_guest=device_owner, doorbell_of=msi.doorbell_of)
+        self._msis_checked = len(self.hyp.msis)
