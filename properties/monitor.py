@@ -35,15 +35,19 @@ from .violations import (
     TLB_CONTAINMENT,
     Violation,
 )
+from .z3state import StateResult, check_guest
 
 HYP_VMID = 0  # tags the hypervisor's own stage-1-only streams, never a guest's
 
 
 class Monitor:
-    def __init__(self, hyp: Hypervisor):
+    def __init__(self, hyp: Hypervisor, *, z3_checks: bool = True):
         self.hyp = hyp
         self.step = 0
         self.found: list[Violation] = []
+        self.z3_checks = z3_checks
+        self.unknown: list[StateResult] = []  # Z3 could not decide: reported, never a pass
+        self._z3_checked: dict[str, int] = {}  # guest -> stage-2 generation last proved
         self._vsmmu_guest: dict[str, str] = {}  # vSMMU name -> guest
         self._msis_checked = 0
         hyp.mem.observers.append(self._on_access)
@@ -118,6 +122,8 @@ class Monitor:
         self._check_stes()
         self._check_caches()
         self._check_msis()
+        if self.z3_checks:
+            self._check_z3()
         self.step += 1
         if self.found:
             raise self.found[0]
@@ -165,6 +171,18 @@ class Monitor:
                         self._violate(TLB_CONTAINMENT, smmu=name, cache="atc", sid=sid,
                                       guest=guest, iova=in_base, out=bad[0],
                                       page_owner=bad[1])
+
+    def _check_z3(self) -> None:
+        """The for-all-addresses checks, for each guest whose stage 2 changed."""
+        for guest in self.hyp.guests.values():
+            if self._z3_checked.get(guest.name) == guest.s2_generation:
+                continue
+            self._z3_checked[guest.name] = guest.s2_generation
+            for r in check_guest(self.hyp, guest):
+                if r.result == "violated":
+                    self._violate(r.property, guest=guest.name, **r.witness)
+                elif r.result == "unknown":
+                    self.unknown.append(r)
 
     def _check_msis(self) -> None:
         for msi in self.hyp.msis[self._msis_checked:]:

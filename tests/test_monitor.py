@@ -14,6 +14,7 @@ from properties.violations import (
     MSI_CONFINEMENT,
     NO_CROSS_GUEST_DMA,
     S2_AUTHORITY,
+    S2_CONTAINMENT,
     TLB_CONTAINMENT,
     Violation,
 )
@@ -136,3 +137,16 @@ def test_msi_reaching_another_guests_doorbell():
     with pytest.raises(Violation):
         mon.check()
     assert {MSI_CONFINEMENT, NO_CROSS_GUEST_DMA} <= invariants(mon)
+
+
+def test_foreign_page_in_stage2_is_found_for_all_ipas():
+    """A hypervisor that maps another guest's page into a guest's stage 2 is caught
+    by the Z3 check before any device touches it, with the IPA as the witness."""
+    hyp, mon, *_ = booted()
+    g0, g1 = hyp.guests["g0"], hyp.guests["g1"]
+    victim = g1.pages[0x4000_0000]
+    g0.add_page(0x7000_0000, victim)  # bookkeeping as if it were g0's: the bug
+    with pytest.raises(Violation) as e:
+        mon.check()
+    assert e.value.invariant == S2_CONTAINMENT
+    assert (e.value.witness["ipa"], e.value.witness["pa"]) == (0x7000_0000, victim)

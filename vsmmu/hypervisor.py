@@ -67,16 +67,19 @@ class Guest:
     pages: dict[int, int] = field(default_factory=dict)  # IPA page -> PA page
     ipas: dict[int, int] = field(default_factory=dict)  # PA page -> IPA page (reverse)
     vsmmus: dict[str, VSmmu] = field(default_factory=dict)
+    s2_generation: int = 0  # bumped by every stage-2 change (for checks that cache)
 
     def add_page(self, ipa: int, pa: int) -> None:
         self.s2.map(ipa, pa, PAGE_SIZE, exec=False)
         self.pages[ipa], self.ipas[pa] = pa, ipa
+        self.s2_generation += 1
 
     def drop_page(self, ipa: int) -> int | None:
         """Forget a page's bookkeeping (the caller unmaps and invalidates)."""
         pa = self.pages.pop(ipa, None)
         if pa is not None:
             del self.ipas[pa]
+            self.s2_generation += 1
         return pa
 
     def ipa_of(self, pa: int) -> int | None:
