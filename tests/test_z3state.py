@@ -35,9 +35,12 @@ def stage2(granule: int, mappings: list[tuple[int, int, int]], tsz: int = 24):
 def symbolic_at(mem, cfg, ipa: int) -> set[int]:
     var = z3.BitVec("ipa", 64)
     outs = set()
-    for cond, out in symbolic_s2_walk(mem, cfg, var):
-        if z3.is_true(z3.simplify(z3.substitute(cond, (var, z3.BitVecVal(ipa, 64))))):
-            outs.add(z3.simplify(z3.substitute(out, (var, z3.BitVecVal(ipa, 64)))).as_long())
+    at = (var, z3.BitVecVal(ipa, 64))
+    for leaf in symbolic_s2_walk(mem, cfg, var):
+        if z3.is_true(z3.simplify(z3.substitute(leaf.cond, at))):
+            out = z3.simplify(z3.substitute(leaf.out, at)).as_long()
+            assert leaf.lo <= out < leaf.hi  # the bounds the query relies on hold
+            outs.add(out)
     return outs
 
 
