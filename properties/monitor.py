@@ -93,6 +93,9 @@ class Monitor:
                               access=kind, pa=bad[0], page_owner=bad[1])
             return
         guest = self._vsmmu_guest.get(who.smmu)
+        if guest is None and "/" in who.smmu:  # a vSMMU created during this step
+            self._attach_new_guests()
+            guest = self._vsmmu_guest.get(who.smmu)
         if guest is None and who.purpose in ("s1", "cd"):  # the SMMU reading guest tables
             guest = self._stream_owner(who.smmu, who.sid)
         bad = self._foreign_page(pa, size, self._guest_pages(guest))

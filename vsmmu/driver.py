@@ -616,7 +616,8 @@ class SmmuDriver:
         table = self._cd_tables[sid] = CdTable(ptr, s1cdmax, two_level)
         return table
 
-    def _cd_addr(self, sid: int, ssid: int) -> int:
+    def cd_addr(self, sid: int, ssid: int) -> int:
+        """Where the CD of (sid, ssid) lives (allocating a 2-level leaf on first use)."""
         table = self._cd_tables.get(sid)
         if table is None:
             raise ValueError(f"SID {sid:#x} has no CD table: call alloc_cd_table() first")
@@ -635,7 +636,7 @@ class SmmuDriver:
 
     def write_cd(self, sid: int, ssid: int, word: int) -> int:
         """Install a CD (0 clears it); returns the CFGI_CD + CMD_SYNC rounds it took."""
-        addr = self._cd_addr(sid, ssid)
+        addr = self.cd_addr(sid, ssid)
         return self._write_entry(addr, word, cd_used,
                                  lambda: self.cfgi_cd(sid, ssid))
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import NamedTuple
 
-from .faults import Fault, FaultError
+from .faults import WALK_EVENTS, Fault, FaultError
 from .features import Features
-from .layouts import L1_STD, REG, REG_AT, CmdError, Event
+from .layouts import COMMANDS, EVENT, L1_STD, REG, REG_AT, CmdError, Event
 from .layouts import REG_LAYOUT as _L
 from .memory import BusError
 from .queue import QueueGeometry
@@ -52,6 +52,9 @@ class SmmuFrontend:
         self.regs["GBPA"] = _L["GBPA"].encode(SHCFG=1)  # use incoming shareability
         self.irqs: Counter[str] = Counter()  # wired interrupts: eventq, gerror, cmd_sync
         self.events_lost = 0
+        # What this SMMU has been made to do, as "kind:name" (event, cmd, cerror, ste,
+        # fault): a fuzzer's coverage table reads it; nothing in the model does.
+        self.reached: set[str] = set()
 
     def execute(self, cmd: int) -> CmdError:
         """Perform one 128-bit command; returns the CERROR code (NONE: success)."""
@@ -180,6 +183,15 @@ class SmmuFrontend:
                 if f.get(self.regs["GERROR"]) == f.get(self.regs["GERRORN"]):
                     self.regs["GERROR"] ^= f.mask
 
+    def _reach_event(self, word: int) -> None:
+        event = EVENT.get(word, "ID")
+        name = EVENT["ID"].values.get(event, f"{event:#04x}")
+        self.reached.add(f"event:{name}")
+        if event in WALK_EVENTS:  # an IntEnum set: plain ints compare equal
+            stage = "S2" if EVENT.get(word, "S2") else "S1"
+            klass = EVENT["CLASS"].values.get(EVENT.get(word, "CLASS"), "?")
+            self.reached.add(f"fault:{name} {stage} CLASS={klass}")
+
     def _signal_sync(self, c) -> None:
         """CMD_SYNC completion: CS=SIG_IRQ writes MSIDATA to MSIADDR when MSIs are
         implemented and an address is given, else pulses the wired interrupt.
@@ -204,6 +216,7 @@ class SmmuFrontend:
 
     def record_word(self, word: int, sid: int) -> bool:
         """Write a 256-bit record already encoded (the vSMMU forwards records)."""
+        self._reach_event(word)
         if not self._f("CR0ACK", "EVENTQEN"):
             self.events_lost += 1
             return False
@@ -262,7 +275,11 @@ class SmmuFrontend:
                 err = CmdError.ABT
             else:
                 err = self.execute(cmd)
-            if err:  # CONS stays on the failed command until software acks GERROR
+                op = cmd & 0xFF
+                self.reached.add(f"cmd:{COMMANDS[op].name[4:] if op in COMMANDS else hex(op)}")
+            if err:
+                # CONS stays on the failed command until software acks GERROR
+                self.reached.add(f"cerror:{CmdError(err).name}")
                 self.regs["CMDQ_CONS"] = _L["CMDQ_CONS"].put(cons_reg, "ERR", err)
                 self._gerror("CMDQ_ERR")
                 break

@@ -37,7 +37,7 @@ from .virtual import VSmmu
 IPA_BITS = 40  # each guest's IPA space; the vSMMU advertises it as its OAS
 GUEST_RAM = 0x4000_0000  # IPA of guest RAM
 MSI_WINDOW = (0x0800_0000, PAGE_SIZE)  # reserved IOVA == IPA window of the doorbell
-HYP_POOL = (0x1000_0000, 0x800_0000)  # stream tables, queues, stage-2 tables
+HYP_POOL = (0x1000_0000, 0x200_0000)  # stream tables, queues, stage-2 tables
 DOORBELLS = 0x0900_0000  # physical doorbell pages, one per guest slot
 RAM_POOL = 0x1_0000_0000  # guest RAM is carved from here
 MAX_VMID = 1 << 16
@@ -45,6 +45,40 @@ MAX_VMID = 1 << 16
 
 def doorbell_owner(guest: str) -> tuple[str, str]:
     return ("msi", guest)
+
+
+class VmidPool:
+    """Free VMIDs 1..MAX_VMID-1 (0 is never a guest's): never-used ones in order,
+    retired ones reused first.  `vmid in pool` asks whether it is free."""
+
+    def __init__(self):
+        self._next = 1
+        self._retired: list[int] = []
+
+    def take(self) -> int:
+        if self._retired:
+            return self._retired.pop()
+        if self._next >= MAX_VMID:
+            raise RuntimeError("no free VMID")
+        self._next += 1
+        return self._next - 1
+
+    def give(self, vmid: int) -> None:
+        self._retired.append(vmid)
+
+    def __contains__(self, vmid: int) -> bool:
+        return vmid >= self._next or vmid in self._retired
+
+
+def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Adjacent (start, length) ranges joined: one range invalidation, not one per page."""
+    out: list[list[int]] = []
+    for start, length in sorted(ranges):
+        if out and out[-1][0] + out[-1][1] == start:
+            out[-1][1] += length
+        else:
+            out.append([start, length])
+    return [(s, n) for s, n in out]
 
 
 @dataclass
@@ -103,7 +137,7 @@ class Hypervisor:
         self.hyp_alloc = Allocator(*HYP_POOL)
         self._free_pages: list[int] = []
         self._next_ram = RAM_POOL
-        self._free_vmids = list(range(MAX_VMID - 1, 0, -1))  # VMID 0 is never a guest's
+        self._free_vmids = VmidPool()
         self.smmus: dict[str, PhysicalSmmu] = {}
         self.guests: dict[str, Guest] = {}
         self.devices: dict[str, DeviceSpec] = {d.name: d for d in self.platform.devices}
@@ -149,9 +183,7 @@ class Hypervisor:
     def create_guest(self, spec: GuestSpec) -> Guest:
         if spec.name in self.guests:
             raise ValueError(f"guest {spec.name!r} exists")
-        if not self._free_vmids:
-            raise RuntimeError("no free VMID")
-        vmid = self._free_vmids.pop()
+        vmid = self._free_vmids.take()
         s2 = PageTable(self.mem, self.hyp_alloc, stage=2, granule=PAGE_SIZE, tsz=64 - IPA_BITS)
         doorbell = self._page(doorbell_owner(spec.name))
         s2.map(MSI_WINDOW[0], doorbell, PAGE_SIZE, exec=False)
@@ -171,12 +203,17 @@ class Hypervisor:
             if owner == name:
                 self.deassign(dev)
         self.unmap(name, GUEST_RAM, guest.ram)
+        # Pages it holds outside its RAM range (ballooned in by reassign_page, or map()
+        # elsewhere) are its too: without this they stay owned by the dead guest's name,
+        # unscrubbed, and a new guest of that name would inherit them.
+        for ipa in sorted(guest.pages):
+            self.unmap(name, ipa, PAGE_SIZE)
         for phys in self.smmus.values():
             phys.drv.submit(cmd(Op.TLBI_S12_VMALL, VMID=guest.vmid))
             phys.drv.sync()
         self._release(guest.doorbell)
         del self.guests[name]
-        self._free_vmids.append(guest.vmid)  # retired: no SMMU caches anything tagged with it
+        self._free_vmids.give(guest.vmid)  # retired: no SMMU caches anything tagged with it
 
     # ----------------------------------------------------------- stage 2
     def map(self, guest_name: str, ipa: int, size: int) -> None:
@@ -212,6 +249,7 @@ class Hypervisor:
         return pa
 
     def _invalidate_s2(self, guest: Guest, ranges: list[tuple[int, int]]) -> None:
+        ranges = _coalesce(ranges)
         for phys in self.smmus.values():
             for start, length in ranges:
                 phys.drv.tlbi_s2_ipa(start, length, vmid=guest.vmid)

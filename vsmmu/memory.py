@@ -33,13 +33,43 @@ class BusError(Exception):
 
 
 class PhysMem:
-    """Sparse physical memory of `pa_bits` bits, backed page by page."""
+    """Sparse physical memory of `pa_bits` bits, backed page by page.
+
+    A page is backed once it has an owner; its bytes exist only once written
+    (unwritten pages read as zeros), so large regions cost nothing until used.
+    `checkpoint()` starts a journal of every page changed from then on and
+    `rollback()` restores them: a fuzzer resets memory in time proportional
+    to what one run touched."""
 
     def __init__(self, pa_bits: int = 48):
         self.pa_bits = pa_bits
-        self._pages: dict[int, bytearray] = {}
-        self._owner: dict[int, Owner] = {}
+        self._pages: dict[int, bytearray] = {}  # pfn -> data, for pages ever written
+        self._owner: dict[int, Owner] = {}  # pfn -> owner, for every backed page
+        self._journal: dict[int, tuple[bytes | None, Owner | None]] | None = None
         self.observers: list[Observer] = []
+
+    # -- journal -----------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Remember the current contents; `rollback()` returns to them."""
+        self._journal = {}
+
+    def rollback(self) -> None:
+        for pfn, (data, owner) in self._journal.items():
+            if data is None:
+                self._pages.pop(pfn, None)
+            else:
+                self._pages[pfn] = bytearray(data)
+            if owner is None:
+                self._owner.pop(pfn, None)
+            else:
+                self._owner[pfn] = owner
+        self._journal = {}
+
+    def _save(self, pfn: int) -> None:
+        if self._journal is not None and pfn not in self._journal:
+            page = self._pages.get(pfn)
+            self._journal[pfn] = (bytes(page) if page is not None else None,
+                                  self._owner.get(pfn))
 
     # -- ownership -----------------------------------------------------
     def add(self, pa: int, size: int, owner: Owner = FREE) -> None:
@@ -49,12 +79,14 @@ class PhysMem:
         if pa + size > 1 << self.pa_bits:
             raise ValueError(f"memory region {pa:#x}+{size:#x} beyond {self.pa_bits}-bit PA space")
         for pfn in range(pa >> PAGE_SHIFT, (pa + size) >> PAGE_SHIFT):
-            self._pages[pfn] = bytearray(PAGE_SIZE)  # fresh: no data survives re-adding
+            self._save(pfn)
+            self._pages.pop(pfn, None)  # fresh: no data survives re-adding
             self._owner[pfn] = owner
 
     def remove(self, pa: int, size: int) -> None:
         """Unback pages: later accesses are bus errors."""
         for pfn in range(pa >> PAGE_SHIFT, (pa + size + PAGE_MASK) >> PAGE_SHIFT):
+            self._save(pfn)
             self._pages.pop(pfn, None)
             self._owner.pop(pfn, None)
 
@@ -62,12 +94,13 @@ class PhysMem:
         """Hand backed pages to `owner`, zeroing them unless told not to."""
         pfns = range(pa >> PAGE_SHIFT, (pa + size + PAGE_MASK) >> PAGE_SHIFT)
         for pfn in pfns:  # all or nothing
-            if pfn not in self._pages:
+            if pfn not in self._owner:
                 raise ValueError(f"page {pfn << PAGE_SHIFT:#x} is not backed")
         for pfn in pfns:
+            self._save(pfn)
             self._owner[pfn] = owner
             if scrub:
-                self._pages[pfn][:] = bytes(PAGE_SIZE)
+                self._pages.pop(pfn, None)
 
     def owner(self, pa: int) -> Owner | None:
         """Owner of the page holding `pa`; None when nothing backs it."""
@@ -78,22 +111,27 @@ class PhysMem:
         return sorted(pfn << PAGE_SHIFT for pfn, o in self._owner.items() if o == owner)
 
     def is_backed(self, pa: int) -> bool:
-        return (pa >> PAGE_SHIFT) in self._pages
+        return (pa >> PAGE_SHIFT) in self._owner
 
     # -- access ----------------------------------------------------------
     def read(self, pa: int, size: int, initiator: object = None) -> bytes:
         chunks = self._chunks(pa, size, write=False)
         self._notify("r", pa, size, initiator)
         out = bytearray()
-        for page, off, n in chunks:
-            out += page[off : off + n]
+        for pfn, off, n in chunks:
+            page = self._pages.get(pfn)
+            out += page[off : off + n] if page is not None else bytes(n)
         return bytes(out)
 
     def write(self, pa: int, data: bytes, initiator: object = None) -> None:
         chunks = self._chunks(pa, len(data), write=True)
         self._notify("w", pa, len(data), initiator)
         pos = 0
-        for page, off, n in chunks:
+        for pfn, off, n in chunks:
+            self._save(pfn)
+            page = self._pages.get(pfn)
+            if page is None:
+                page = self._pages[pfn] = bytearray(PAGE_SIZE)
             page[off : off + n] = data[pos : pos + n]
             pos += n
 
@@ -108,18 +146,18 @@ class PhysMem:
         for observe in self.observers:
             observe(kind, pa, size, initiator)
 
-    def _chunks(self, pa: int, size: int, write: bool):
-        """(page, offset, length) pieces; checks every page before any is touched."""
+    def _chunks(self, pa: int, size: int, write: bool) -> list[tuple[int, int, int]]:
+        """(pfn, offset, length) pieces; checks every page before any is touched."""
         if pa < 0 or size < 0 or pa + size > 1 << self.pa_bits:
             raise BusError(pa, size, write)
         pieces = []
         end = pa + size
         while pa < end:
-            page = self._pages.get(pa >> PAGE_SHIFT)
-            if page is None:
+            pfn = pa >> PAGE_SHIFT
+            if pfn not in self._owner:
                 raise BusError(pa, size, write)
             off = pa & PAGE_MASK
             n = min(PAGE_SIZE - off, end - pa)
-            pieces.append((page, off, n))
+            pieces.append((pfn, off, n))
             pa += n
         return pieces

@@ -227,6 +227,7 @@ class Smmu(SmmuFrontend):
             return cached
         word = self._fetch(self._ste_addr(sid), STE_SIZE, "ste", sid, Event.F_STE_FETCH)
         stream = decode_ste(word, self.feat)
+        self.reached.add(f"ste:{stream.config.name}")
         self.config_cache.put_ste(sid, stream)
         return stream
 

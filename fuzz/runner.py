@@ -1,0 +1,361 @@
+"""Run fuzz programs on a booted system, every invariant checked after every step.
+
+`boot()` brings up the platform the way real software would: the hypervisor,
+then each guest's kernel programming its vSMMUs (reset, stream table,
+queues), one stage-1 domain per assigned device with a DMA buffer at
+`DMA_IOVA` and the MSI window mapped.  Programs start from that state, so
+their typed writes land on structures the vSMMU and SMMU actually read.
+
+`Runner` boots once, then gives each program a private copy of the booted
+object graph (`copy.deepcopy`, physical memory excluded) and rolls physical
+memory back afterwards from its write journal: runs are independent and
+deterministic, and a reset costs what one run touched.
+
+Errors a guest's own software hits (its driver timing out on a queue the
+program halted, a table it cannot grow) are the guest's business and end
+only that operation; a `Violation` from the monitor or any other exception
+ends the run: that is a finding.
+"""
+
+from __future__ import annotations
+
+import copy
+import traceback
+import types
+from dataclasses import dataclass, field
+
+from properties.monitor import Monitor
+from properties.violations import NO_CRASH, Violation
+from vsmmu.alloc import OutOfMemory
+from vsmmu.driver import CommandError, DriverTimeout
+from vsmmu.faults import FaultError
+from vsmmu.guest import Domain, GuestKernel
+from vsmmu.hypervisor import GUEST_RAM, Hypervisor
+from vsmmu.layouts import COMMANDS, REGISTERS, Op
+from vsmmu.memory import PAGE_SIZE, BusError
+from vsmmu.pagetable import MappingError
+from vsmmu.platform import GuestSpec, Platform, default_platform
+
+from .program import GUEST_SLOTS
+from .program import Op as ProgramOp
+
+DMA_IOVA = 0x1000_0000  # each device's boot domain maps DMA_BUF bytes here
+DMA_BUF = 0x4000
+FUZZ_RAM_MIB = 1  # guests of the fuzzing platform: small, so a run's copy is cheap
+W, X, PRIV, SSV, TRANSLATED, ATOMIC = 1, 2, 4, 8, 16, 32  # dma/ats flags
+GUEST_ERRORS = (DriverTimeout, CommandError, MappingError, OutOfMemory, BusError, FaultError)
+
+
+def fuzz_platform() -> Platform:
+    """The embedded default topology (2 guests x 2 SMMUs, overlapping SIDs) with
+    1 MiB guests: what `vsmmu fuzz` runs when no platform file is given."""
+    p = default_platform()
+    return Platform(p.smmus, tuple(GuestSpec(g.name, FUZZ_RAM_MIB) for g in p.guests),
+                    p.devices)
+
+
+@dataclass
+class System:
+    hyp: Hypervisor
+    kernels: dict[str, GuestKernel]
+    domains: dict[str, Domain]  # device -> its boot domain
+    monitor: Monitor | None
+
+
+@dataclass
+class RunResult:
+    ops: int  # operations executed
+    violation: Violation | None = None  # an invariant failed (no-crash: an exception)
+    traceback: str | None = None  # for no-crash findings
+    coverage: set[str] = field(default_factory=set)  # event and command names reached
+
+    @property
+    def ok(self) -> bool:
+        return self.violation is None
+
+
+def _kernel(hyp: Hypervisor, name: str) -> GuestKernel:
+    kernel = GuestKernel(hyp, name)
+    for drv in kernel.drivers.values():
+        drv.max_polls = 16  # a fuzzed guest may halt its own queues: don't spin
+    return kernel
+
+
+def boot(platform: Platform | None = None, *, monitor: bool = True, z3: bool = True) -> System:
+    hyp = Hypervisor(platform or fuzz_platform())
+    kernels = {name: _kernel(hyp, name) for name in hyp.guests}
+    domains = {}
+    for device, (guest, _) in sorted(hyp.assigned.items()):
+        kernel = kernels[guest]
+        dom = kernel.domain()
+        kernel.attach(device, dom)
+        kernel.dma_map(dom, DMA_IOVA, kernel.buffer(DMA_BUF), DMA_BUF)
+        kernel.map_msi(dom)
+        domains[device] = dom
+    system = System(hyp, kernels, domains, Monitor(hyp, z3_checks=z3) if monitor else None)
+    if system.monitor:
+        system.monitor.check()
+    return system
+
+
+class Runner:
+    def __init__(self, platform: Platform | None = None, *, monitor: bool = True,
+                 z3: bool = True):
+        self.template = boot(platform, monitor=monitor, z3=z3)
+        self.mem = self.template.hyp.mem
+        self._observers = list(self.mem.observers)
+        self.mem.checkpoint()
+
+    def run(self, ops: list[ProgramOp]) -> RunResult:
+        """Run on a private copy of the booted system; memory is rolled back after."""
+        memo = {id(self.mem): self.mem}
+        system = copy.deepcopy(self.template, memo)
+        # The copies of the hypervisor and the monitor observe memory, not the originals.
+        self.mem.observers = [types.MethodType(o.__func__, memo[id(o.__self__)])
+                              for o in self._observers]
+        try:
+            return self._run(system, ops)
+        finally:
+            self.mem.observers = list(self._observers)
+            self.mem.rollback()
+
+    def _run(self, system: System, ops: list[ProgramOp]) -> RunResult:
+        result = RunResult(0)
+        for i, op in enumerate(ops):
+            try:
+                _execute(system, op)
+                if system.monitor:
+                    system.monitor.check()
+            except Violation as v:
+                v.step = i
+                result.violation = v
+                break
+            except Exception as e:  # noqa: BLE001 - any other exception is a finding
+                result.violation = Violation(NO_CRASH, {"exception": type(e).__name__,
+                                                        "message": str(e)[:200],
+                                                        "op": op.text()}, i)
+                result.traceback = traceback.format_exc()
+                break
+            finally:
+                result.ops = i + 1
+        result.coverage = _coverage(system)
+        return result
+
+
+def _coverage(system: System) -> set[str]:
+    """What the run made the SMMUs do ("smmu.event:C_BAD_STE") and what guests
+    made their vSMMUs do ("vsmmu.cmd:TLBI_NH_ASID")."""
+    reached = {f"smmu.{key}" for phys in system.hyp.smmus.values() for key in phys.smmu.reached}
+    for guest in system.hyp.guests.values():
+        for vsmmu in guest.vsmmus.values():
+            reached |= {f"vsmmu.{key}" for key in vsmmu.reached}
+    return reached
+
+
+# ------------------------------------------------------------ operations
+def _guest(system: System, slot: int) -> str | None:
+    name = f"g{slot}"
+    return name if name in system.hyp.guests else None
+
+
+def _at(items: list, index: int):
+    return items[index % len(items)] if items else None
+
+
+def _vsmmu(system: System, slot: int, smmu: int):
+    guest = _guest(system, slot)
+    if guest is None:
+        return None, None, None
+    name = _at(list(system.hyp.smmus), smmu)
+    return guest, name, system.hyp.guests[guest].vsmmus[name]
+
+
+def _device(system: System, index: int) -> str:
+    return _at(list(system.hyp.devices), index)
+
+
+def _push(system: System, guest: str, smmu: str, *cmds: int) -> None:
+    system.kernels[guest].drivers[smmu].submit(*cmds)
+
+
+def _execute(system: System, op: ProgramOp) -> None:
+    try:
+        HANDLERS[op.spec.name](system, op)
+    except GUEST_ERRORS:
+        pass  # the guest's own software failed on state it (the program) broke
+
+
+def _mmio_write(system, op):
+    _, _, vsmmu = _vsmmu(system, op.guest, op.smmu)
+    if vsmmu is not None:
+        reg = REGISTERS[op.reg % len(REGISTERS)]
+        vsmmu.write(reg.offset, op.value & ((1 << (8 * reg.size)) - 1), reg.size)
+
+
+def _mmio_read(system, op):
+    _, _, vsmmu = _vsmmu(system, op.guest, op.smmu)
+    if vsmmu is not None:
+        reg = REGISTERS[op.reg % len(REGISTERS)]
+        vsmmu.read(reg.offset, reg.size)
+
+
+def _vste(system, op):
+    guest, smmu, vsmmu = _vsmmu(system, op.guest, op.smmu)
+    if vsmmu is None:
+        return
+    addr = vsmmu._ste_addr(op.vsid)  # where the guest's own table puts it
+    system.hyp.guests[guest].view.write(addr, op.ste)
+    _push(system, guest, smmu, COMMANDS[Op.CFGI_STE].encode(OP=Op.CFGI_STE, SID=op.vsid))
+
+
+def _own_device(system, slot, index):
+    guest, device = _guest(system, slot), _device(system, index)
+    if guest is None or system.hyp.assigned.get(device, (None,))[0] != guest:
+        return None, None
+    return guest, device
+
+
+def _cd(system, op):
+    guest, device = _own_device(system, op.guest, op.device)
+    if guest is None:
+        return
+    smmu, vsid = system.kernels[guest].vsid(device)
+    try:
+        addr = system.kernels[guest].drivers[smmu].cd_addr(vsid, op.ssid)
+    except ValueError:  # no CD table, or an SSID beyond it: nothing to write
+        return
+    system.hyp.guests[guest].view.write(addr, op.cd)
+    _push(system, guest, smmu,
+          COMMANDS[Op.CFGI_CD].encode(OP=Op.CFGI_CD, SID=vsid, SSID=op.ssid, LEAF=1))
+
+
+def _pte(system, op):
+    guest, device = _own_device(system, op.guest, op.device)
+    dom = system.domains.get(device) if guest else None
+    if dom is None or device not in dom.devices:
+        return
+    path = dom.table.descriptors(op.iova)
+    _, addr, _ = path[min(op.level, len(path) - 1)]
+    system.hyp.guests[guest].view.write_int(addr, op.desc, 8)
+
+
+def _cmd(system, op):
+    guest, smmu, vsmmu = _vsmmu(system, op.guest, op.smmu)
+    if vsmmu is not None:
+        _push(system, guest, smmu, int.from_bytes(op.cmd, "little"))
+
+
+def _cmd_burst(system, op):
+    guest, smmu, vsmmu = _vsmmu(system, op.guest, op.smmu)
+    if vsmmu is not None:
+        _push(system, guest, smmu, *[int.from_bytes(op.cmd, "little")] * (op.count + 1))
+
+
+def _dma(system, op):
+    f = op.flags
+    kw = dict(write=bool(f & W), exec=bool(f & X), priv=bool(f & PRIV),
+              ssid=op.ssid if f & SSV else None, translated=bool(f & TRANSLATED),
+              atomic=bool(f & ATOMIC))
+    if kw["write"]:
+        kw["data"] = bytes(range(op.size + 1))
+    system.hyp.dma(_device(system, op.device), op.iova, op.size + 1, **kw)
+
+
+def _ats(system, op):
+    device = system.hyp.devices[_device(system, op.device)]
+    smmu = system.hyp.smmus[device.smmu].smmu
+    f = op.flags
+    smmu.ats_request(device.sid, op.iova, ssid=op.ssid if f & SSV else None,
+                     write=bool(f & W), exec=bool(f & X), priv=bool(f & PRIV))
+    system.hyp.route_events()
+
+
+def _mem(system, op):
+    guest = _guest(system, op.guest)
+    if guest is not None:
+        ram = system.hyp.guests[guest].ram
+        system.hyp.guests[guest].view.write(GUEST_RAM + op.offset % ram, op.data)
+
+
+def _assign(system, op):
+    device, guest = _device(system, op.device), _guest(system, op.guest)
+    if guest is not None and device not in system.hyp.assigned:
+        system.hyp.assign(device, guest)
+
+
+def _deassign(system, op):
+    device = _device(system, op.device)
+    if device in system.hyp.assigned:
+        system.hyp.deassign(device)
+
+
+def _page(system, guest, page):
+    return GUEST_RAM + (page % (system.hyp.guests[guest].ram // PAGE_SIZE)) * PAGE_SIZE
+
+
+def _s2_unmap(system, op):
+    guest = _guest(system, op.guest)
+    if guest is not None:
+        system.hyp.unmap(guest, _page(system, guest, op.page), PAGE_SIZE)
+
+
+def _s2_map(system, op):
+    guest = _guest(system, op.guest)
+    if guest is not None:
+        ipa = _page(system, guest, op.page)
+        if ipa not in system.hyp.guests[guest].pages:
+            system.hyp.map(guest, ipa, PAGE_SIZE)
+
+
+def _reassign(system, op):
+    src, dst = _guest(system, op.guest), _guest(system, op.dst)
+    if src is None or dst is None or src == dst:
+        return
+    ipa = _page(system, src, op.page)
+    target = system.hyp.guests[dst]
+    dst_ipa = GUEST_RAM + target.ram + op.dst_page * PAGE_SIZE  # beyond its RAM: free
+    if ipa in system.hyp.guests[src].pages and dst_ipa not in target.pages:
+        system.hyp.reassign_page(src, ipa, dst, dst_ipa)
+
+
+def _destroy(system, op):
+    guest = _guest(system, op.guest)
+    if guest is not None:
+        system.hyp.destroy_guest(guest)
+        system.kernels.pop(guest)
+        for device in [d for d, dom in system.domains.items()
+                       if system.hyp.assigned.get(d, (guest,))[0] == guest]:
+            system.domains.pop(device)
+
+
+def _create(system, op):
+    name = f"g{op.guest % GUEST_SLOTS}"
+    if name not in system.hyp.guests:
+        system.hyp.create_guest(GuestSpec(name, FUZZ_RAM_MIB))
+        system.kernels[name] = _kernel(system.hyp, name)
+
+
+def _events(system, op):
+    guest, smmu, vsmmu = _vsmmu(system, op.guest, op.smmu)
+    if vsmmu is not None:
+        system.kernels[guest].drivers[smmu].events()
+
+
+def _recover(system, op):
+    guest, smmu, vsmmu = _vsmmu(system, op.guest, op.smmu)
+    if vsmmu is not None:
+        system.kernels[guest].drivers[smmu].recover()
+
+
+def _step(system, op):
+    for _ in range(op.count + 1):
+        system.hyp.step()
+
+
+HANDLERS = {
+    "mmio_write": _mmio_write, "mmio_read": _mmio_read, "vste": _vste, "cd": _cd,
+    "pte": _pte, "cmd": _cmd, "cmd_burst": _cmd_burst, "dma": _dma, "ats": _ats,
+    "mem": _mem, "assign": _assign, "deassign": _deassign, "s2_unmap": _s2_unmap,
+    "s2_map": _s2_map, "reassign": _reassign, "destroy": _destroy, "create": _create,
+    "events": _events, "recover": _recover, "step": _step,
+}
