@@ -215,16 +215,24 @@ def _parse_value(lineno: int, operand: Operand, text: str) -> int | bytes:
     return number
 
 
-def load(path: str) -> list[Op]:
-    """A program file: text if it parses as such, else bytes (a fuzzer artifact)."""
-    with open(path, "rb") as f:
-        data = f.read(MAX_BYTES + 1)
-    if len(data) > MAX_BYTES:
-        raise ProgramError(f"{path}: larger than {MAX_BYTES} bytes")
+_TEXT = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
+
+
+def load(path: str, *, raw: bool | None = None) -> list[Op]:
+    """A program file: program text when every byte is printable ASCII (or `raw`
+    is False), else the bytes of a fuzz input (or `raw` is True)."""
     try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
+        with open(path, "rb") as f:
+            data = f.read(64 * MAX_BYTES + 1)
+    except OSError as e:
+        raise ProgramError(f"{path}: {e.strerror or e}") from None
+    if raw is None:
+        raw = not data or not set(data) <= _TEXT
+    if raw:
         return decode(data)
-    if text.strip() and text.split(None, 1)[0] in OP_BY_NAME:
-        return parse(text)
-    return decode(data)
+    try:
+        return parse(data.decode("ascii"))
+    except UnicodeDecodeError:
+        raise ProgramError(f"{path}: not ASCII text (use raw bytes mode)") from None
+    except ProgramError as e:
+        raise ProgramError(f"{path}: {e}") from None

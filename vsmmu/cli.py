@@ -46,6 +46,40 @@ def _prove(args: argparse.Namespace) -> int:
     return 0 if all(r.result == "proved" for r in results) else 1
 
 
+def _check(args: argparse.Namespace) -> int:
+    from fuzz.program import ProgramError, load, to_text
+    from fuzz.runner import Runner
+    from vsmmu.platform import PlatformError, load_platform
+
+    try:
+        ops = load(args.program, raw=True if args.bytes else None)
+        platform = load_platform(args.platform) if args.platform else None
+    except (ProgramError, PlatformError) as e:
+        print(f"vsmmu check: {e}", file=sys.stderr)
+        return 2
+    result = Runner(platform, z3=not args.no_z3).run(ops)
+    v = result.violation
+    if args.json:
+        print(json.dumps({
+            "file": args.program, "ops": len(ops), "executed": result.ops,
+            "result": "clean" if v is None else "violation",
+            "violation": v.as_dict() if v else None, "traceback": result.traceback,
+            "coverage": sorted(result.coverage),
+        }, indent=2))
+    else:
+        lines = to_text(ops).splitlines()
+        for i, line in enumerate(lines[: result.ops]):
+            marker = ">>" if v is not None and i == v.step else "  "
+            print(f"{marker} {i:3} {line}")
+        if v is None:
+            print(f"clean: {len(ops)} operations, every invariant held after each")
+        else:
+            print(f"VIOLATION {v}")
+            if result.traceback:
+                print(result.traceback, end="")
+    return 0 if v is None else 1
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -67,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive, default=30, metavar="S",
                    help="Z3 time limit per proof, seconds (default 30); a timeout is 'unknown'")
     p.set_defaults(func=_prove)
+    p = sub.add_parser("check", help="replay a fuzz program with every invariant on")
+    p.add_argument("program", help="a program file: text (printable ASCII), or the bytes "
+                   "of a fuzz input")
+    p.add_argument("--bytes", action="store_true",
+                   help="decode the file as fuzz-input bytes even if it is printable")
+    p.add_argument("--platform", metavar="FILE", help="platform file (.toml/.json); "
+                   "default: the embedded fuzzing platform")
+    p.add_argument("--no-z3", action="store_true", help="skip the Z3 state checks")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_check)
     p = sub.add_parser("info", help="the model's default ID registers, decoded")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_info)
