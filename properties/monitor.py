@@ -17,6 +17,7 @@ changes.
 
 from __future__ import annotations
 
+from vsmmu.decode import EATS_S1CHK
 from vsmmu.frontend import Initiator
 from vsmmu.hypervisor import Guest, Hypervisor
 from vsmmu.layouts import STE, Config
@@ -168,6 +169,8 @@ class Monitor:
                                   page_owner=bad[1] if bad else "retired VMID")
             for (sid, _ssid), entries in phys.smmu.atc.items():
                 guest = self._stream_owner(name, sid)
+                if guest is not None and STE.get(phys.drv.read_ste(sid), "EATS") == EATS_S1CHK:
+                    continue  # split-stage ATS: cached IPAs, translated through stage 2
                 for in_base, size, out_base, _perm in entries:
                     bad = self._foreign_page(out_base, size, self._guest_pages(guest))
                     if bad:

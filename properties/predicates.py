@@ -21,12 +21,14 @@ GUEST_BITS = VSTE_ALLOWED | STE["MEV"].mask | STE["CONFIG"].mask
 def stage2_authority(pste: Any, s2_ste: int) -> Any:
     """A guest stream's physical STE is invalid, abort, or stage 2 / nested with the
     hypervisor's stage-2 fields and VMID; every other bit is the hypervisor's or one
-    the nesting whitelist allows.  Never bypass, never stage-1 only."""
+    the nesting whitelist allows.  Never bypass, never stage-1 only, and never full
+    ATS (EATS=0b01): its translated transactions would skip stage 2."""
     config = STE.get(pste, "CONFIG")
     translating = bv.all_of(
         bv.member(config, frozenset({Config.S2_TRANS, Config.NESTED})),
         pste & S2_MASK == s2_ste & S2_MASK,
         (pste ^ s2_ste) & ~GUEST_BITS & ((1 << 512) - 1) == 0,
+        STE.get(pste, "EATS") != 1,
     )
     return bv.any_of(STE.get(pste, "V") == 0, config == Config.ABORT, translating)
 

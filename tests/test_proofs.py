@@ -45,6 +45,11 @@ def _bypass_passthrough(vste, host):  # a bypass vSTE becomes a physical bypass 
     return bv.ite(STE.get(vste, "CONFIG") == Config.BYPASS, bypass, vste_to_pste(vste, host), 512)
 
 
+def _full_ats(vste, host):  # a guest's EATS=1 reaches hardware as full ATS (no stage 2)
+    out = vste_to_pste(vste, host)
+    return bv.ite(STE.get(out, "EATS") == 2, STE.put(out, "EATS", 1), out, 512)
+
+
 def _vmid_passthrough(cmd, ctx):  # guest VMID reaches hardware (class 3)
     action, out = guest_command(cmd, ctx)
     return action, out | (cmd & COMMANDS[Op.TLBI_NH_ASID]["VMID"].mask)
@@ -66,9 +71,10 @@ def _pa_in_event(record, vsid, fetch_ipa):  # records leak a physical address (c
     return forward, out | (record & EVENT["FETCH_ADDR"].mask)
 
 
-@pytest.mark.parametrize("broken", [_leak_s2ttb, _bypass_passthrough])
+@pytest.mark.parametrize("broken", [_leak_s2ttb, _bypass_passthrough, _full_ats])
 def test_s2_authority_proof_catches_broken_sanitizers(g0, broken):
     host, _ = g0
+    host = HostStream(host.s2_ste, host.ssidsize, ats=True)
     r = prove_vste(host, "broken", transfer=broken)
     assert r.result == "violated"
     vste = int(r.counterexample["vste"], 16)

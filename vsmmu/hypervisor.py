@@ -29,7 +29,7 @@ from .faults import Fault
 from .frontend import Initiator
 from .layouts import Op
 from .memory import FREE, HYP, PAGE_SIZE, PhysMem
-from .pagetable import IpaView, PageTable
+from .pagetable import IpaView, MappingError, PageTable
 from .platform import DeviceSpec, GuestSpec, Platform, default_platform
 from .smmu import DmaResult, Smmu
 from .virtual import VSmmu
@@ -220,7 +220,14 @@ class Hypervisor:
         """Back [ipa, ipa+size) of a guest with fresh pages."""
         guest = self.guests[guest_name]
         for off in range(0, size, PAGE_SIZE):
-            guest.add_page(ipa + off, self._page(guest_name))
+            pa = self._page(guest_name)
+            try:
+                guest.add_page(ipa + off, pa)
+            except MappingError:
+                # Already mapped (a backed page, the MSI window) or outside the IPA space:
+                # the page goes back to the free list rather than stay owned and unmapped.
+                self._release(pa)
+                raise
 
     def unmap(self, guest_name: str, ipa: int, size: int) -> list[int]:
         """Take pages away from a guest; returns their PAs, already free and scrubbed."""
@@ -240,6 +247,11 @@ class Hypervisor:
         source, target = self.guests[src], self.guests[dst]
         if dst_ipa in target.pages:
             raise ValueError(f"IPA {dst_ipa:#x} of {dst!r} is already backed")
+        # Whatever would make add_page fail is checked before the page leaves src: after
+        # the unmap it would be lost (owned by dst, mapped nowhere, never freed).
+        if (dst_ipa % PAGE_SIZE or not 0 <= dst_ipa < 1 << IPA_BITS
+                or target.view.pa_of(dst_ipa) is not None):
+            raise ValueError(f"IPA {dst_ipa:#x} of {dst!r} cannot take a page")
         pa = source.drop_page(ipa)
         if pa is None:
             raise ValueError(f"IPA {ipa:#x} of {src!r} is not backed")

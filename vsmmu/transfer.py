@@ -26,6 +26,7 @@ from functools import reduce
 from typing import Any
 
 from . import bv
+from .decode import EATS_S1CHK
 from .faults import FETCH_EVENTS, WALK_EVENTS
 from .fields import is_symbolic
 from .layouts import CMD_ANY, COMMANDS, EVENT, STE, Config, Event, Op
@@ -64,17 +65,23 @@ def vste_to_pste(vste: Any, host: HostStream) -> Any:
     raises C_BAD_STE for it, which the vSMMU forwards to the guest with the vSID."""
     config = STE.get(vste, "CONFIG")
     eats = STE.get(vste, "EATS")
+    # Stage-1 fields matter only to a stage-1 config (abort and bypass ignore them).
     valid = bv.all_of(
         STE.get(vste, "V") == 1,
         bv.member(config, GUEST_CONFIGS),
-        bv.ule(STE.get(vste, "S1CDMAX"), host.ssidsize),
-        bv.ule(eats, 1),  # abort or translate; S1CHK is the hypervisor's business
-        bv.any_of(eats == 0, config == Config.S1_TRANS),
+        bv.implies(config == Config.S1_TRANS, bv.all_of(
+            bv.ule(STE.get(vste, "S1CDMAX"), host.ssidsize),
+            bv.ule(eats, 1),  # abort or translate; S1CHK is the hypervisor's business
+        )),
     )
     nested = STE.put(host.s2_ste, "CONFIG", Config.NESTED)
     nested = STE.put(nested, "MEV", 1)  # merge events: a guest must not flood the host
     if host.ats:
-        nested = STE.put(nested, "EATS", 0) | (vste & STE["EATS"].mask)
+        # The guest's "translate" becomes split-stage ATS (S1CHK): ATS answers carry
+        # IPAs and translated transactions still go through stage 2.  Full ATS would
+        # let the device's translated transactions skip stage 2 altogether.
+        nested = STE.put(nested, "EATS", 0) | bv.ite(
+            eats == 1, STE["EATS"].put(0, EATS_S1CHK), 0, 512)
     nested = nested | (vste & S1_HALF)
     out = bv.ite(config == Config.S1_TRANS, nested,
                  bv.ite(config == Config.BYPASS, host.s2_ste, ABORT_STE, 512), 512)

@@ -102,7 +102,10 @@ class VSmmu(SmmuFrontend):
         pste = vste_to_pste(vste, host)
         return pste, (Fault(Event.C_BAD_STE, sid=vsid) if pste == 0 else None)
 
-    def install(self, vsid: int) -> None:
+    def install(self, vsid: int, *, cfgi: bool = False) -> None:
+        """Bring the physical STE in line with the guest's state; with `cfgi` (the
+        guest asked for CFGI_STE) invalidate it even when unchanged, as the guest
+        may rely on that for what is cached through the STE (its CDs)."""
         pste, fault = self.physical_ste(vsid)
         if fault is None:
             self.pending.pop(vsid, None)
@@ -111,6 +114,10 @@ class VSmmu(SmmuFrontend):
         if self.installed.get(vsid) != pste:
             self.phys.drv.write_ste(self.vsids[vsid], pste)
             self.installed[vsid] = pste
+        elif cfgi:
+            self.phys.drv.submit(COMMANDS[Op.CFGI_STE].encode(OP=Op.CFGI_STE,
+                                                              SID=self.vsids[vsid]))
+            self._unsynced = True
 
     def refresh(self) -> None:
         for vsid in list(self.vsids):
@@ -150,7 +157,7 @@ class VSmmu(SmmuFrontend):
             count = 1 << (c.RANGE + 1)
             first = c.SID & ~(count - 1)
         for vsid in [v for v in self.vsids if first <= v < first + count]:
-            self.install(vsid)
+            self.install(vsid, cfgi=True)
 
     def _physical_sync(self) -> bool:
         """Complete forwarded work.  The transfer function only forwards commands
