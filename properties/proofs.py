@@ -13,7 +13,6 @@ are concrete: the proofs run for each (guest, vSMMU) of a booted platform.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from vsmmu.transfer import (
 )
 
 from .predicates import command_confined, event_confined, stage2_authority
+from .solver import find
 from .violations import CMD_CONFINEMENT, EVENT_CONFINEMENT, S2_AUTHORITY
 
 TIMEOUT_MS = 30_000
@@ -53,22 +53,14 @@ class ProofResult:
 def _solve(prop: str, subject: str, inputs: dict[str, z3.BitVecRef], claim: z3.BoolRef,
            replay: Callable[[dict[str, int]], bool], timeout_ms: int) -> ProofResult:
     """Look for inputs where `claim` fails; replay any model concretely."""
-    start = time.perf_counter()
-    solver = z3.Solver()
-    solver.set(timeout=timeout_ms)
-    solver.add(z3.Not(claim))
-    verdict = solver.check()
-    seconds = time.perf_counter() - start
-    if verdict == z3.unsat:
-        return ProofResult(prop, subject, "proved", seconds)
-    if verdict == z3.unknown:
-        return ProofResult(prop, subject, "unknown", seconds)
-    model = solver.model()
-    values = {name: model.eval(var, model_completion=True).as_long()
-              for name, var in inputs.items()}
+    answer = find(z3.Not(claim), inputs, timeout_ms)
+    if answer.verdict != "sat":
+        result = "proved" if answer.verdict == "unsat" else "unknown"
+        return ProofResult(prop, subject, result, answer.seconds)
+    values = answer.model
     if replay(values):  # the integer code disagrees with Z3: report it, never hide it
         raise AssertionError(f"{prop}: Z3 counterexample {values} passes concretely")
-    return ProofResult(prop, subject, "violated", seconds,
+    return ProofResult(prop, subject, "violated", answer.seconds,
                        {k: f"{v:#x}" for k, v in values.items()})
 
 

@@ -21,7 +21,6 @@ concrete walker (vsmmu/walk.py) by a differential test.
 from __future__ import annotations
 
 import bisect
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,7 @@ from vsmmu.layouts import S2_DESC
 from vsmmu.memory import PAGE_SHIFT, BusError, PhysMem
 from vsmmu.walk import GRANULES, S2Config, s2_geometry
 
+from .solver import find
 from .violations import S2_CONTAINMENT, TLB_CONTAINMENT
 
 TIMEOUT_MS = 10_000
@@ -182,19 +182,9 @@ def _query(prop: str, guest: str, cases: list[z3.BoolRef], names: dict[str, Any]
     at 512 scattered mappings (fuzz/bench_properties.py): 0.9 s, against 3.1 s
     with assumption literals on one incremental solver and 1.4 s with a fresh
     solver per case."""
-    start = time.perf_counter()
-    solver = z3.Solver()
-    solver.set(timeout=timeout_ms)
-    solver.add(z3.Or(*cases) if cases else z3.BoolVal(False))
-    verdict = solver.check()
-    seconds = time.perf_counter() - start
-    if verdict == z3.unsat:
-        return StateResult(prop, guest, "holds", seconds)
-    if verdict == z3.unknown:
-        return StateResult(prop, guest, "unknown", seconds)
-    model = solver.model()
-    witness = {k: model.eval(v, model_completion=True).as_long() for k, v in names.items()}
-    return StateResult(prop, guest, "violated", seconds, witness)
+    answer = find(z3.Or(*cases) if cases else z3.BoolVal(False), names, timeout_ms)
+    result = {"unsat": "holds", "sat": "violated", "unknown": "unknown"}[answer.verdict]
+    return StateResult(prop, guest, result, answer.seconds, answer.model)
 
 
 def s2_containment(mem: PhysMem, cfg: S2Config, allowed: list[tuple[int, int]],
