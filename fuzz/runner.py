@@ -123,7 +123,7 @@ class Runner:
         result = RunResult(0)
         for i, op in enumerate(ops):
             try:
-                _execute(system, op)
+                execute(system, op)
                 if system.monitor:
                     system.monitor.check()
             except Violation as v:
@@ -178,7 +178,8 @@ def _push(system: System, guest: str, smmu: str, *cmds: int) -> None:
     system.kernels[guest].drivers[smmu].submit(*cmds)
 
 
-def _execute(system: System, op: ProgramOp) -> None:
+def execute(system: System, op: ProgramOp) -> None:
+    """One operation on a booted system (no invariant check: the caller's monitor)."""
     try:
         HANDLERS[op.spec.name](system, op)
     except GUEST_ERRORS:

@@ -27,13 +27,16 @@ class Violation(Exception):
     def __init__(self, invariant: str, witness: dict[str, Any], step: int | None = None):
         self.invariant = invariant
         self.witness = witness
-        self.step = step
-        super().__init__(str(self))
+        self.step = step  # the runner sets it once it knows which operation failed
+        super().__init__(invariant)
 
     def __str__(self) -> str:
         where = f" at step {self.step}" if self.step is not None else ""
         detail = ", ".join(f"{k}={_show(v)}" for k, v in self.witness.items())
         return f"{self.invariant}{where}: {detail}"
+
+    def __repr__(self) -> str:
+        return f"Violation({str(self)!r})"
 
     def as_dict(self) -> dict[str, Any]:
         return {"invariant": self.invariant, "step": self.step,

@@ -1,0 +1,396 @@
+"""Seed corpora: what real guest software does, written down as programs.
+
+Each seed is built by running it on a booted fuzzing platform (`runner.boot`):
+typed operations (`vste`, `cd`, `pte`, `dma`, hypervisor actions, ...) run as
+the runner runs them, and guest-kernel code (`vsmmu.guest.GuestKernel` and its
+Linux-style driver: page tables, TLBI_NH_VA range invalidations, CMD_SYNC with
+an MSI) runs for real while its writes to guest RAM become `mem` operations
+and its commands `cmd` operations.  Replayed from the same boot state, the
+program does what the kernel did.  Structures the runner's typed operations
+locate themselves (a device's CD, the vSTE of a vSID) are written with them,
+with words from the driver's builders (`ste_s1`, `cd`).
+
+`write_seeds(root, target)` writes `root/<target>/seed-<name>` (canonical
+program bytes, what a fuzzer loads) for the harness targets; `write_texts`
+writes the same programs as text to `root/programs/` for people.  The checked-in
+`corpora/` is their output: `python -m fuzz.corpus [DIR]` regenerates it.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from vsmmu.driver import cd, cmd, ste_s1
+from vsmmu.guest import GuestKernel
+from vsmmu.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW
+from vsmmu.layouts import REG, REGISTERS, STE, Config
+from vsmmu.layouts import Op as Opcode
+from vsmmu.memory import PAGE_SIZE
+
+from .program import OP_BY_NAME, Op, encode, parse, to_text
+from .runner import ATOMIC, DMA_BUF, DMA_IOVA, PRIV, SSV, TRANSLATED, System, W, boot, execute
+
+TARGETS = ("system", "vste", "command", "smmu")
+MAX_SEED_BYTES = 1024
+
+
+def _reg(name: str) -> int:
+    """A register's operand in `mmio_read`/`mmio_write`: its index in REGISTERS."""
+    return [r.name for r in REGISTERS].index(name)
+
+
+class SeedBuilder:
+    """One seed program, built by running it on a booted fuzzing platform."""
+
+    def __init__(self, name: str, doc: str):
+        self.name, self.doc = name, doc
+        self.system: System = boot(monitor=False)
+        self.ops: list[Op] = []
+
+    # ------------------------------------------------------------ names
+    def slot(self, guest: str) -> int:
+        return int(guest.removeprefix("g"))
+
+    def smmu(self, name: str) -> int:
+        return list(self.system.hyp.smmus).index(name)
+
+    def device(self, name: str) -> int:
+        return list(self.system.hyp.devices).index(name)
+
+    def kernel(self, guest: str) -> GuestKernel:
+        return self.system.kernels[guest]
+
+    def cd_table(self, device: str) -> int:
+        """The IPA of a device's CD table (what its vSTE's S1ContextPtr holds)."""
+        guest = self.system.hyp.assigned[device][0]
+        smmu, vsid = self.kernel(guest).vsid(device)
+        return self.kernel(guest).drivers[smmu]._cd_tables[vsid].ptr
+
+    # ------------------------------------------------------------ typed operations
+    def op(self, text: str) -> None:
+        """One operation, in program text: run it and write it down."""
+        [op] = parse(text)
+        execute(self.system, op)
+        self.ops.append(op)
+
+    def dma(self, device: str, iova: int, size: int = 8, flags: int = 0, ssid: int = 0) -> None:
+        self.op(f"dma device={self.device(device)} iova={iova:#x} size={size - 1} "
+                f"flags={flags:#x} ssid={ssid}")
+
+    def vste(self, device: str, word: int) -> None:
+        guest, vsid = self.system.hyp.assigned[device]
+        smmu = self.system.hyp.devices[device].smmu
+        self.op(f"vste guest={self.slot(guest)} smmu={self.smmu(smmu)} vsid={vsid} "
+                f"ste={word.to_bytes(64, 'little').hex()}")
+
+    def cd(self, device: str, word: int, ssid: int = 0) -> None:
+        guest = self.system.hyp.assigned[device][0]
+        self.op(f"cd guest={self.slot(guest)} device={self.device(device)} ssid={ssid} "
+                f"cd={word.to_bytes(64, 'little').hex()}")
+
+    def cmd(self, guest: str, smmu: str, word: int) -> None:
+        self.op(f"cmd guest={self.slot(guest)} smmu={self.smmu(smmu)} "
+                f"cmd={word.to_bytes(16, 'little').hex()}")
+
+    def events(self, guest: str, smmu: str) -> None:
+        self.op(f"events guest={self.slot(guest)} smmu={self.smmu(smmu)}")
+
+    def mmio_write(self, guest: str, smmu: str, reg: str, value: int) -> None:
+        self.op(f"mmio_write guest={self.slot(guest)} smmu={self.smmu(smmu)} reg={_reg(reg)} "
+                f"value={value:#x}")
+
+    # ------------------------------------------------------------ guest kernel code
+    @contextmanager
+    def guest_code(self, guest: str) -> Iterator[GuestKernel]:
+        """Run guest-kernel code for real, writing down its RAM writes (each changed
+        aligned 8 bytes, as `mem`) and its commands (as `cmd`, one per command)."""
+        kernel = self.kernel(guest)
+        view = self.system.hyp.guests[guest].view
+        slot, in_queue = self.slot(guest), [0]
+        write = view.write
+
+        def recording_write(addr: int, data: bytes, initiator: object = None) -> None:
+            if initiator is not None or in_queue[0]:  # the vSMMU's own, or a queue slot
+                write(addr, data, initiator)
+                return
+            lo, hi = addr & -8, (addr + len(data) + 7) & -8
+            before = view.read(lo, hi - lo)
+            write(addr, data, initiator)
+            after = view.read(lo, hi - lo)
+            for off in range(0, hi - lo, 8):
+                if before[off : off + 8] != after[off : off + 8]:
+                    self.ops.append(Op(OP_BY_NAME["mem"],
+                                       (slot, lo + off - GUEST_RAM, after[off : off + 8])))
+
+        def recording_submit(smmu: str, submit: Callable[..., None]) -> Callable[..., None]:
+            def run(*words: int) -> None:
+                for word in words:
+                    self.ops.append(Op(OP_BY_NAME["cmd"], (slot, self.smmu(smmu),
+                                                           word.to_bytes(16, "little"))))
+                in_queue[0] += 1
+                try:
+                    submit(*words)
+                finally:
+                    in_queue[0] -= 1
+            return run
+
+        view.write = recording_write
+        for name, drv in kernel.drivers.items():
+            drv.submit = recording_submit(name, drv.submit)
+        try:
+            yield kernel
+        finally:
+            del view.write
+            for drv in kernel.drivers.values():
+                del drv.submit
+
+
+# ------------------------------------------------------------ the seeds
+def _dma_boot_buffer() -> SeedBuilder:
+    b = SeedBuilder("dma-boot-buffer", "every assigned device reads and writes its boot DMA "
+                    "buffer, the buffer's last bytes, and its guest's MSI doorbell")
+    for device in ("nic0", "disk0", "nvme0", "nic1", "gpu0"):
+        b.dma(device, DMA_IOVA, 8, W)
+        b.dma(device, DMA_IOVA + DMA_BUF - 8, 8)
+    b.dma("nic0", DMA_IOVA + 0x40, 16, W | PRIV)
+    b.dma("nvme0", DMA_IOVA + 0x80, 8, W | ATOMIC)
+    b.dma("nic0", MSI_WINDOW[0] + 0x40, 4, W)
+    b.dma("gpu0", MSI_WINDOW[0] + 0x40, 4, W)
+    return b
+
+
+def _map_unmap() -> SeedBuilder:
+    b = SeedBuilder("map-unmap", "the guest unmaps two pages of a live DMA mapping with the "
+                    "TLBI_NH_VA range commands Linux issues, the device faults, the guest maps "
+                    "fresh pages there (no invalidation: Linux does not on map)")
+    dom = b.system.domains["nic0"]
+    b.dma("nic0", DMA_IOVA + 0x1000, 8, W)
+    with b.guest_code("g0") as k:
+        k.dma_unmap(dom, DMA_IOVA, 2 * PAGE_SIZE)
+    b.dma("nic0", DMA_IOVA + 0x1000, 8)
+    b.events("g0", "smmu0")
+    with b.guest_code("g0") as k:
+        k.dma_map(dom, DMA_IOVA, k.buffer(2 * PAGE_SIZE), 2 * PAGE_SIZE)
+    b.dma("nic0", DMA_IOVA + 0x1000, 8, W)
+    return b
+
+
+def _reattach() -> SeedBuilder:
+    b = SeedBuilder("reattach", "the guest moves a device to a new stage-1 domain: builds its "
+                    "page table, writes the CD with the new ASID and TTB0, re-writes the vSTE, "
+                    "invalidates the old ASID, then the device does DMA through it")
+    b.dma("nic0", DMA_IOVA, 8, W)
+    old = b.system.domains["nic0"]
+    with b.guest_code("g0") as k:
+        dom = k.domain()
+        dom.asid = 9  # beyond the ASIDs the boot domains use
+        k.dma_map(dom, DMA_IOVA, k.buffer(PAGE_SIZE), PAGE_SIZE)
+        k.map_msi(dom)
+    b.cd("nic0", cd(dom.asid, dom.table.ttb, dom.tsz, dom.table.granule, ips=IPA_BITS))
+    b.cmd("g0", "smmu0", cmd(Opcode.SYNC))
+    b.vste("nic0", ste_s1(b.cd_table("nic0")))
+    b.cmd("g0", "smmu0", cmd(Opcode.TLBI_NH_ASID, ASID=old.asid))
+    b.cmd("g0", "smmu0", cmd(Opcode.SYNC))
+    b.dma("nic0", DMA_IOVA, 8, W)
+    b.dma("nic0", DMA_IOVA + PAGE_SIZE, 8)  # no longer mapped
+    b.dma("nic0", MSI_WINDOW[0], 4, W)
+    b.events("g0", "smmu0")
+    return b
+
+
+def _sync_msi() -> SeedBuilder:
+    b = SeedBuilder("sync-msi", "Linux's invalidation commands (TLBI_NH_ASID, TLBI_NH_ALL, "
+                    "CFGI_ALL, PREFETCH_CONFIG), each batch completed by a CMD_SYNC that "
+                    "signals with an MSI write to a guest completion word")
+    with b.guest_code("g0") as k:
+        word = k.buffer(64)
+        drv = k.drivers["smmu0"]
+        drv.tlbi_asid(b.system.domains["nic0"].asid)
+        drv.sync(cs="irq", msi_addr=word, msi_data=0x1234)
+        drv.submit(cmd(Opcode.PREFETCH_CONFIG, SID=1), cmd(Opcode.CFGI_STE_RANGE, RANGE=31))
+        drv.sync(cs="irq", msi_addr=word + 8, msi_data=0x5678)
+        k.drivers["smmu1"].tlbi_nh_all()
+        k.drivers["smmu1"].sync(cs="irq", msi_addr=word + 16, msi_data=1)
+    b.op(f"mmio_read guest=0 smmu=0 reg={_reg('CMDQ_CONS')}")
+    b.dma("nic0", DMA_IOVA, 8, W)
+    return b
+
+
+def _event_service() -> SeedBuilder:
+    b = SeedBuilder("event-service", "faults of every kind a guest's own state causes "
+                    "(a bad vSTE, an SSID beyond its CD table, an unmapped IOVA), each "
+                    "followed by the guest draining its event queue, then the vSTE repaired")
+    b.vste("nic0", STE.encode(V=1, CONFIG=0b010))  # reserved Config
+    b.dma("nic0", DMA_IOVA, 8)
+    b.events("g0", "smmu0")
+    b.vste("nic0", ste_s1(b.cd_table("nic0")))
+    b.dma("nic0", DMA_IOVA, 8, SSV, ssid=3)
+    b.dma("nic0", DMA_IOVA + DMA_BUF, 8, W)
+    b.events("g0", "smmu0")
+    b.dma("nic0", DMA_IOVA, 8, W)
+    return b
+
+
+def _pte_rewrite() -> SeedBuilder:
+    b = SeedBuilder("pte-rewrite", "the guest points a live leaf descriptor at another of "
+                    "its pages with the TLBI_NH_VA Linux would send, then clears it")
+    dom = b.system.domains["nvme0"]
+    b.dma("nvme0", DMA_IOVA, 8, W)
+    [(_, _, leaf)] = dom.table.descriptors(DMA_IOVA)[-1:]
+    smmu = b.smmu("smmu1")
+    tlbi = cmd(Opcode.TLBI_NH_VA, ASID=dom.asid, ADDR=DMA_IOVA, LEAF=1).to_bytes(16, "little")
+    sync = cmd(Opcode.SYNC).to_bytes(16, "little")
+    for desc in (leaf + PAGE_SIZE, 0):
+        b.op(f"pte guest=0 device={b.device('nvme0')} iova={DMA_IOVA:#x} level=3 "
+             f"desc={desc:#x}")
+        b.op(f"cmd guest=0 smmu={smmu} cmd={tlbi.hex()}")
+        b.op(f"cmd guest=0 smmu={smmu} cmd={sync.hex()}")
+        b.dma("nvme0", DMA_IOVA, 8, W)
+    b.events("g0", "smmu1")
+    return b
+
+
+def _hyp_unmap_reassign() -> SeedBuilder:
+    b = SeedBuilder("hyp-unmap-reassign", "the hypervisor unmaps the page behind a device's "
+                    "DMA buffer (stage-2 fault, event), balloons another page to the other "
+                    "guest, and backs the first again")
+    page = (b.system.domains["nic0"].table.translate(DMA_IOVA) - GUEST_RAM) // PAGE_SIZE
+    b.dma("nic0", DMA_IOVA, 8, W)
+    b.op(f"s2_unmap guest=0 page={page:#x}")
+    b.dma("nic0", DMA_IOVA, 8)
+    b.events("g0", "smmu0")
+    b.op(f"reassign guest=0 page={page + 1:#x} dst=1 dst_page=0x0")
+    b.dma("nic0", DMA_IOVA + PAGE_SIZE, 8, W)
+    b.dma("nic1", DMA_IOVA, 8, W)
+    b.op(f"s2_map guest=0 page={page:#x}")
+    b.dma("nic0", DMA_IOVA, 8, W)
+    b.op("step count=0x1")
+    return b
+
+
+def _hyp_assign() -> SeedBuilder:
+    b = SeedBuilder("hyp-assign", "the hypervisor moves a device between guests (quarantine "
+                    "in between), the new owner points its vSTE at an existing CD table, then "
+                    "the hypervisor destroys and re-creates that guest")
+    b.op(f"deassign device={b.device('nic0')}")
+    b.dma("nic0", DMA_IOVA, 8, W)
+    b.op(f"assign device={b.device('nic0')} guest=1")
+    b.vste("nic0", ste_s1(b.cd_table("nic1")))
+    b.dma("nic0", DMA_IOVA, 8, W)
+    b.events("g1", "smmu0")
+    b.op("destroy guest=1")
+    b.dma("nic0", DMA_IOVA, 8)
+    b.op("create guest=1")
+    b.op("step count=0x0")
+    return b
+
+
+def _ats() -> SeedBuilder:
+    b = SeedBuilder("ats", "a guest enables ATS on its device's vSTE; the device requests a "
+                    "translation and uses it, the guest invalidates its ATC, the hypervisor "
+                    "unmaps the page behind it")
+    b.vste("gpu0", ste_s1(b.cd_table("gpu0"), eats=1))
+    device = b.device("gpu0")
+    b.op(f"ats device={device} iova={DMA_IOVA:#x} flags={W:#x} ssid=0x0")
+    phys = b.system.hyp.smmus["smmu1"].smmu
+    [(in_base, _size, out, _perm)] = phys.atc[(b.system.hyp.devices["gpu0"].sid, None)]
+    b.dma("gpu0", out + (DMA_IOVA - in_base), 8, W | TRANSLATED)
+    with b.guest_code("g1") as k:
+        drv = k.drivers["smmu1"]
+        drv.submit(cmd(Opcode.ATC_INV, SID=0, ADDR=DMA_IOVA, SIZE=0))
+        drv.sync()
+    b.op(f"ats device={device} iova={DMA_IOVA:#x} flags=0x0 ssid=0x0")
+    page = (b.system.domains["gpu0"].table.translate(DMA_IOVA) - GUEST_RAM) // PAGE_SIZE
+    b.op(f"s2_unmap guest=1 page={page:#x}")
+    b.dma("gpu0", out + (DMA_IOVA - in_base), 8, TRANSLATED)
+    b.events("g1", "smmu1")
+    return b
+
+
+def _vsmmu_disable() -> SeedBuilder:
+    b = SeedBuilder("vsmmu-disable", "a guest turns translation off on one vSMMU (its streams "
+                    "follow GBPA: abort) and back on")
+    cr0 = REG["CR0"].layout
+    b.mmio_write("g0", "smmu1", "CR0", cr0.encode(CMDQEN=1, EVENTQEN=1))
+    b.dma("nvme0", DMA_IOVA, 8, W)
+    b.mmio_write("g0", "smmu1", "CR0", cr0.encode(CMDQEN=1, EVENTQEN=1, SMMUEN=1))
+    b.dma("nvme0", DMA_IOVA, 8, W)
+    b.vste("nvme0", STE.encode(V=1, CONFIG=Config.BYPASS))
+    b.dma("nvme0", DMA_IOVA, 8, W)
+    b.events("g0", "smmu1")
+    return b
+
+
+SEEDS: tuple[Callable[[], SeedBuilder], ...] = (
+    _dma_boot_buffer, _map_unmap, _reattach, _sync_msi, _event_service, _pte_rewrite,
+    _hyp_unmap_reassign, _hyp_assign, _ats, _vsmmu_disable,
+)
+
+# Which seeds each harness target starts from.  The smmu target's harness reads
+# bytes its own way: it gets only two short programs.
+TARGET_SEEDS: dict[str, tuple[str, ...]] = {
+    "system": ("dma-boot-buffer", "map-unmap", "reattach", "sync-msi", "event-service",
+               "pte-rewrite", "hyp-unmap-reassign", "hyp-assign", "ats", "vsmmu-disable"),
+    "vste": ("reattach", "event-service", "hyp-assign", "ats", "vsmmu-disable"),
+    "command": ("map-unmap", "reattach", "sync-msi", "pte-rewrite", "ats"),
+    "smmu": ("dma-boot-buffer", "event-service"),
+}
+
+
+@functools.cache
+def seeds() -> dict[str, tuple[str, tuple[Op, ...]]]:
+    """Every seed: name -> (what it does, program).  Built once per process."""
+    out = {}
+    for build in SEEDS:
+        b = build()
+        out[b.name] = (b.doc, tuple(b.ops))
+    return out
+
+
+def write_seeds(root: str | Path, target: str) -> list[Path]:
+    """Write `root/<target>/seed-<name>` (canonical program bytes) for one harness
+    target; returns the paths written."""
+    if target not in TARGET_SEEDS:
+        raise ValueError(f"unknown target {target!r}: one of {', '.join(TARGET_SEEDS)}")
+    everything = seeds()
+    directory = Path(root) / target
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in TARGET_SEEDS[target]:
+        data = encode(list(everything[name][1]))
+        if len(data) > MAX_SEED_BYTES:
+            raise ValueError(f"seed {name} is {len(data)} bytes, over {MAX_SEED_BYTES}")
+        path = directory / f"seed-{name}"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+def write_texts(root: str | Path) -> list[Path]:
+    """Write every seed as commented program text to `root/programs/seed-<name>.txt`."""
+    directory = Path(root) / "programs"
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, (doc, ops) in seeds().items():
+        path = directory / f"seed-{name}.txt"
+        path.write_text(f"# {name}: {doc}\n" + to_text(list(ops)))
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    root = Path(argv[0] if argv else Path(__file__).resolve().parents[1] / "corpora")
+    for target in TARGETS:
+        write_seeds(root, target)
+    write_texts(root)
+    print(f"seeds written under {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
