@@ -373,6 +373,23 @@ def test_command_error_and_recovery():
     assert r.drv.recover() is None
 
 
+def test_recovery_from_two_bad_commands_in_a_row():
+    """After GERRORN acknowledges the first bad command the SMMU stops at once on the
+    second: recover() must return (progress: the error moved), not time out."""
+    r = make_rig()
+    bad1, bad2 = CMD_ANY.encode(OP=0x07), CMD_ANY.encode(OP=0xFF)
+    at = r.reg("CMDQ_CONS").RD & 0xFF
+    r.drv.submit(bad1, bad2)
+    with pytest.raises(CommandError):
+        r.drv.sync()
+    first = r.drv.recover()
+    assert (first.err, first.index, first.cmd) == (CmdError.ILL, at, bad1)
+    second = r.drv.recover()
+    assert (second.err, second.index, second.cmd) == (CmdError.ILL, at + 1, bad2)
+    r.drv.sync()
+    assert r.drv.recover() is None
+
+
 def test_small_queue_wraps_and_waits_for_space():
     r = make_rig(cmdq_log2=2)  # 4 entries
     for sid in range(12):

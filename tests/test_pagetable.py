@@ -223,6 +223,21 @@ def test_map_rejects(mem, kw, args):
         pt.map(*args, **kw)
 
 
+def test_map_reaches_the_last_page_and_block_of_both_ranges(mem):
+    """The input range is [0, 2^(64-TxSZ)) and the output [0, 2^pa_bits): their last
+    page / block can be mapped (an end exactly at 2^bits is inside)."""
+    mem.add(0x4000_0000, K4)
+    pt = table(mem, stage=1, granule=K4, tsz=25)
+    pt.map((1 << 39) - K4, 0x4000_0000, K4)
+    pt.map((1 << 39) - 2 * G1, (1 << 48) - G1, G1)  # last-but-one 1G slot, last 1G of OA
+    leaf = walk_s1(mem, s1cfg(pt), (1 << 39) - 8)
+    assert leaf.out == 0x4000_0000 + K4 - 8
+    assert walk_s1(mem, s1cfg(pt), (1 << 39) - G1 - 8).out == (1 << 48) - 8
+    s2 = table(mem, stage=2, granule=K64, tsz=34, sl0=1)  # 30-bit IPA: two 512M blocks
+    s2.map(M512, 0x4000_0000, M512)
+    assert walk_s2(mem, s2cfg(s2), (1 << 30) - 8).out == 0x4000_0000 + M512 - 8
+
+
 @pytest.mark.parametrize("kw", [
     dict(granule=8192),
     dict(stage=1, tsz=10),  # 54-bit VA: beyond 48

@@ -63,6 +63,20 @@ def test_bypass_ste():
     assert env.mem.read(DATA + 0x20, 4) == b"byp!"
 
 
+def test_disabled_bypass_beyond_oas_aborts_without_event():
+    """IHI 0070 §3.4: with SMMUEN=0 and GBPA.ABORT=0 an input address is output as is,
+    but one beyond the OAS cannot be: the transaction is aborted, no event recorded."""
+    features = Features(oas_bits=44)
+    env = Env(features).setup(enable=False)
+    env.mem.add(1 << 44, 0x1000)  # memory the OAS cannot reach (the model could)
+    assert env.dma(8, DATA + 0x40, 4, write=True, data=b"low!").ok
+    assert env.mem.read(DATA + 0x40, 4) == b"low!"
+    r = env.dma(8, (1 << 44) + 0x40, 4, write=True, data=b"high")
+    assert not r.ok and r.fault is None
+    assert env.mem.read((1 << 44) + 0x40, 4) == bytes(4)
+    assert env.events() == []
+
+
 def test_dma_split_at_4k_boundaries():
     env = s1_env()
     env.put(PT + 0x2000 + 2 * 8, 0x44010743)  # IOVA 0x202000 -> 0x44010000

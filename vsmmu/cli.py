@@ -7,8 +7,10 @@ nothing in the model imports it."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+from collections.abc import Callable
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -80,11 +82,27 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if v is None else 1
 
 
+def _delegate(module: str) -> Callable[[argparse.Namespace], int]:
+    """A subcommand whose options and behaviour live in fuzz.<module>."""
+
+    def run(args: argparse.Namespace) -> int:
+        return importlib.import_module(f"fuzz.{module}").main(args)
+
+    return run
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+# Subcommands whose options and behaviour live in fuzz/: (name, module, help).
+DELEGATED = (
+    ("triage", "triage", "replay, classify, group and minimize crash inputs"),
+    ("diff-qemu", "differential", "differential test of the SMMUv3 model against QEMU's"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-z3", action="store_true", help="skip the Z3 state checks")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_check)
+    for name, module, text in DELEGATED:
+        p = sub.add_parser(name, help=text)
+        importlib.import_module(f"fuzz.{module}").add_arguments(p)
+        p.set_defaults(func=_delegate(module))
     p = sub.add_parser("info", help="the model's default ID registers, decoded")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_info)

@@ -486,7 +486,15 @@ class SmmuDriver:
             slot = q.base + err.index * CMD_BYTES
             self.mem.write(slot, cmd(Op.SYNC).to_bytes(CMD_BYTES, "little"))
         self._write("GERRORN", self._read("GERROR"))
-        self._wait(lambda: self._cmdq_error() is None, "GERROR.CMDQ_ERR acknowledgement")
+
+        def acknowledged() -> bool:
+            # The SMMU resumes at CONS and may stop again at once on a later bad
+            # command (IHI 0070: CMDQ_ERR is raised afresh for it): that is progress,
+            # for the next recover() to handle, not a failure to acknowledge this one.
+            now = self._cmdq_error()
+            return now is None or now.index != err.index
+
+        self._wait(acknowledged, "GERROR.CMDQ_ERR acknowledgement")
         return err
 
     def _issue(self, *cmds: int) -> None:

@@ -106,7 +106,7 @@ class PageTable:
     def _check_range(self, iova: int, size: int) -> None:
         if size <= 0 or (iova | size) & (self.granule - 1):
             raise MappingError(f"{iova:#x}+{size:#x} is not {self.granule:#x}-aligned")
-        if iova < 0 or (iova + size) >> self.ia:
+        if iova < 0 or (iova + size - 1) >> self.ia:
             raise MappingError(f"{iova:#x}+{size:#x} outside the {self.ia}-bit input range")
 
     # -------------------------------------------------------------- memory
@@ -154,7 +154,7 @@ class PageTable:
         AttrIndx (stage 1, default 0) or MemAttr (stage 2, default Normal WB).  Fails,
         writing nothing, when any part of the range is already mapped."""
         self._check_range(iova, size)
-        if out & (self.granule - 1) or out < 0 or (out + size) >> self.pa_bits:
+        if out & (self.granule - 1) or out < 0 or (out + size - 1) >> self.pa_bits:
             raise MappingError(f"output {out:#x}+{size:#x} unaligned or beyond {self.pa_bits} bits")
         fields = self._leaf_fields(read, write, exec, user, priv_exec, af, attr)
         busy = next(self._leaves(iova, iova + size), None)

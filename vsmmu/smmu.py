@@ -305,8 +305,7 @@ class Smmu(SmmuFrontend):
         stream = ctx = None
         try:
             if not self._f("CR0ACK", "SMMUEN"):
-                if self._f("GBPA", "ABORT"):
-                    raise Aborted("GBPA.ABORT with SMMUEN=0")
+                self._check_disabled_bypass(addr)
                 return addr, None, None
             stream = self._stream(sid)
             pa, _, ctx = self._translate_stream(sid, stream, addr, access, ssid)
@@ -318,6 +317,14 @@ class Smmu(SmmuFrontend):
             # (IHI 0070 CD.R: F_TRANSLATION/F_ADDR_SIZE/F_ACCESS/F_PERMISSION not recorded).
             e.stream, e.ctx = stream, getattr(e, "ctx", ctx)
             raise
+
+    def _check_disabled_bypass(self, addr: int) -> None:
+        """SMMUEN=0: GBPA decides; an address beyond the OAS cannot be output and the
+        transaction is aborted without an event (IHI 0070 §3.4, Address sizes)."""
+        if self._f("GBPA", "ABORT"):
+            raise Aborted("GBPA.ABORT with SMMUEN=0")
+        if addr >> self.feat.oas_bits:
+            raise Aborted("SMMUEN=0 bypass of an address beyond the OAS")
 
     def _translate_stream(self, sid, stream: StreamConfig, addr, access, ssid):
         if ssid is not None and (
@@ -441,8 +448,7 @@ class Smmu(SmmuFrontend):
         stream = None
         try:
             if not self._f("CR0ACK", "SMMUEN"):
-                if self._f("GBPA", "ABORT"):
-                    raise Aborted("GBPA.ABORT with SMMUEN=0")
+                self._check_disabled_bypass(addr)
                 return addr
             stream = self._stream(sid)
             if stream.config == Config.ABORT:
