@@ -82,6 +82,18 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if v is None else 1
 
 
+def _corpus_merge(args: argparse.Namespace) -> int:
+    from fuzz.campaign import CampaignError, merge_corpora
+
+    try:
+        result = merge_corpora(args.dest, args.sources, target=args.target)
+    except CampaignError as e:
+        print(f"vsmmu corpus merge: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.dest}: {result.before} -> {result.after} inputs ({result.added} added)")
+    return 0
+
+
 def _delegate(module: str) -> Callable[[argparse.Namespace], int]:
     """A subcommand whose options and behaviour live in fuzz.<module>."""
 
@@ -100,6 +112,8 @@ def _positive(text: str) -> int:
 
 # Subcommands whose options and behaviour live in fuzz/: (name, module, help).
 DELEGATED = (
+    ("fuzz", "campaign", "run a fuzzing campaign (default: the system harness on the "
+     "embedded platform, all invariants, 60 s)"),
     ("triage", "triage", "replay, classify, group and minimize crash inputs"),
     ("diff-qemu", "differential", "differential test of the SMMUv3 model against QEMU's"),
 )
@@ -133,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         importlib.import_module(f"fuzz.{module}").add_arguments(p)
         p.set_defaults(func=_delegate(module))
+    p = sub.add_parser("corpus", help="corpus maintenance")
+    corpus = p.add_subparsers(dest="corpus_command", required=True, metavar="ACTION")
+    p = corpus.add_parser("merge", help="distil corpora gathered on many machines into DEST")
+    p.add_argument("dest", help="the merged corpus (created if missing)")
+    p.add_argument("sources", nargs="+", help="corpus directories to take new coverage from")
+    p.add_argument("--target", default="system", help="the harness whose coverage counts")
+    p.set_defaults(func=_corpus_merge)
     p = sub.add_parser("info", help="the model's default ID registers, decoded")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_info)

@@ -1,0 +1,101 @@
+"""Harness throughput: executions per second of each fuzz target, on one core,
+with the invariant monitor off, on (concrete checks), and on with the Z3 state
+checks, side by side.
+
+For each target the same inputs are run in every mode: a deterministic corpus
+grown by the target's own structure-aware mutator (fuzz/mutate.py) from the
+empty program.  Two numbers per mode:
+
+* `libFuzzer`: the harness script replaying the corpus under libFuzzer
+  (`-runs=0`), instrumented as when fuzzing; its start-up (imports,
+  instrumentation, boot), measured on an empty corpus, is subtracted;
+* `plain`: the same runner in this process, uninstrumented (what
+  instrumentation costs is the ratio of the two).
+
+The smmu target has no invariant monitor (its own checks, fuzz/physical.py, are
+always on), so its three rows measure the same thing.  Best of `--repeat` runs.
+
+Usage: python -m fuzz.bench_harness [--inputs N] [--repeat R] [--targets system,smmu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .harness import TARGETS, Settings, make_runner, runner_hints
+from .mutate import BIASES, Mutator
+from .program import decode
+
+HARNESSES = Path(__file__).resolve().with_name("harnesses")
+MODES = {"off": Settings(monitor=False, z3=False), "concrete": Settings(z3=False),
+         "concrete+z3": Settings()}
+
+
+def corpus(target: str, n: int, seed: int = 0) -> list[bytes]:
+    runner = make_runner(target, MODES["off"])
+    m = Mutator(runner_hints(runner), BIASES[target])
+    rng, out, data = random.Random(seed), [], b""
+    for i in range(n):
+        data = m.mutate(rng.choice(out) if out and rng.random() < 0.7 else data, 1024, i)
+        out.append(data)
+    return out
+
+
+def plain(target: str, settings: Settings, inputs: list[bytes]) -> float:
+    runner = make_runner(target, settings)
+    start = time.perf_counter()
+    for data in inputs:
+        runner.run(decode(data))
+    return len(inputs) / (time.perf_counter() - start)
+
+
+def _harness(target: str, settings: Settings, directory: Path) -> float:
+    env = dict(os.environ, **settings.env())
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(HARNESSES / f"{target}_fuzzer.py"), "-runs=0",
+                    f"-artifact_prefix={directory}/", str(directory)], env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    return time.perf_counter() - start
+
+
+def libfuzzer(target: str, settings: Settings, inputs: list[bytes]) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        empty, full = Path(tmp, "empty"), Path(tmp, "corpus")
+        empty.mkdir()
+        full.mkdir()
+        for i, data in enumerate(inputs):
+            (full / f"{i:05}").write_bytes(data)
+        startup = _harness(target, settings, empty)
+        total = _harness(target, settings, full)
+    return len(inputs) / max(total - startup, 1e-3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fuzz.bench_harness")
+    parser.add_argument("--inputs", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    args = parser.parse_args(argv)
+    print(f"{'target':8} {'mode':12} {'libFuzzer exec/s':>17} {'plain exec/s':>13} "
+          f"{'vs off':>7}")
+    for target in args.targets.split(","):
+        inputs = corpus(target, args.inputs)
+        base = None
+        for mode, settings in MODES.items():
+            fuzzed = max(libfuzzer(target, settings, inputs) for _ in range(args.repeat))
+            direct = max(plain(target, settings, inputs) for _ in range(args.repeat))
+            base = base or fuzzed
+            print(f"{target:8} {mode:12} {fuzzed:17.0f} {direct:13.0f} {fuzzed / base:7.2f}",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,773 @@
+"""Fuzzing campaigns: what `vsmmu fuzz` runs.
+
+`run_campaign(options)` runs a harness (fuzz/harnesses/<target>_fuzzer.py) as
+`--jobs` libFuzzer processes on one working corpus, follows their output live
+(one progress line: elapsed, execs, execs/s, libFuzzer's cov:, corpus size,
+unique findings), classifies every artifact as it appears by replaying it
+in-process (`fuzz.runner.Runner`, or `fuzz.physical.PhysicalRunner` for the
+smmu target) and writes a sidecar next to it, `crash-<sha1>.json`:
+{"invariant", "signature", "step", "witness", "target"}.  Findings are
+deduplicated by signature (fuzz/triage.py: the invariant plus a stable,
+address-free summary).  At the end it replays the corpus to tabulate which
+event IDs, command opcodes (physical and guest), STE configs, fault classes and
+command errors were reached, against layouts.Event / Op / Config.
+
+Keeping going after a finding.  libFuzzer stops at the first crash.  A
+worker that stops on a finding is restarted on the same corpus with the time
+and runs it has left, and the signatures already found are passed to the
+harness (VSMMU_FUZZ_KNOWN, re-read when it changes) so that it does not stop on
+them again.  Measured here against `-fork=1 -ignore_crashes=1` (which also
+works with atheris once the script is executable), 60 s, one core, the planted
+forgotten-TLBI bug, seeded from corpora/system: restarting ran 1455 and 1664
+executions and found the bug after 25 s and 39 s; fork mode ran 927 and 909
+and did not find it, because each fork job re-executes the Python harness
+(start-up, instrumentation, boot and a corpus subset replayed) for 1 s, 2 s,
+... of fuzzing.  Fork mode still works: pass `-- -fork=N -ignore_crashes=1`;
+the progress parser follows its status lines.
+
+Stop and resume: the corpus (default fuzz-out/corpus/<target>) and the
+artifacts (default fuzz-out/artifacts/) persist; the seeds (corpora/<target>/,
+read only) are a second corpus directory.  A new campaign continues from the
+corpus, and findings already in the artifacts directory are reported again
+from their sidecars.
+
+`merge_corpora(dest, sources)` distils corpora gathered on many machines (or
+by many campaigns) into one: libFuzzer `-merge=1` through a harness keeps, of
+the source inputs, those that add coverage to what `dest` already has.
+
+Exit status of `main`: 0 nothing found, 1 findings, 2 a usage or input error
+(one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from properties.violations import NO_CRASH
+from vsmmu.faults import RECORD_CONTROLLED, WALK_EVENTS
+from vsmmu.layouts import CmdError, Config, Event, FaultClass
+from vsmmu.layouts import Op as Opcode
+
+from .harness import PROGRESS_PREFIX, TARGETS, Settings, make_runner, planted
+from .program import MAX_BYTES, decode
+from .triage import classify
+
+DEFAULT_TIME = 60.0  # seconds, when neither --time nor --runs is given
+DEFAULT_MAX_LEN = 1024  # bytes per input (about 15 vSTE or 75 DMA operations)
+DEFAULT_TIMEOUT = 30  # seconds per input: longer is a hang, a no-crash finding
+OUT = Path("fuzz-out")
+SEEDS_ROOT = Path(__file__).resolve().parent.parent / "corpora"
+HARNESSES = Path(__file__).resolve().with_name("harnesses")
+DICTIONARY = Path(__file__).resolve().with_name("vsmmu.dict")
+ARTIFACT_KINDS = ("crash", "timeout", "oom", "leak")  # libFuzzer's artifact prefixes
+PROGRESS_TTY_EVERY = 0.5  # seconds between refreshes of the live line on a terminal
+PROGRESS_LOG_EVERY = 5.0  # seconds between progress lines otherwise
+STOP_GRACE = 5.0  # seconds past the deadline before workers are stopped (SIGINT)
+MAX_FRUITLESS_RESTARTS = 5  # restarts in a row without fuzzing before giving up
+COVERAGE_BUDGET = 120.0  # seconds for the final corpus replay
+
+
+class CampaignError(Exception):
+    """A usage or input error: one line for the user, exit status 2."""
+
+
+# ------------------------------------------------------------------ options
+@dataclass
+class CampaignOptions:
+    target: str = "system"
+    time: float | None = None  # seconds; None: DEFAULT_TIME unless runs is given
+    runs: int | None = None  # executions in total (split between jobs)
+    jobs: int = 1  # 0: one per core
+    corpus: str | None = None  # default fuzz-out/corpus/<target>
+    artifacts: str | None = None  # default fuzz-out/artifacts/
+    seeds: str | None = None  # read-only seed corpus; default corpora/<target> if present
+    platform: str | None = None
+    seed: int | None = None
+    z3: bool = True
+    libfuzzer_args: tuple[str, ...] = ()
+    progress: TextIO | None = None  # where the live line goes (None: nowhere)
+    plant: str | None = None  # TEST ONLY: MODULE:FUNC, see fuzz/harness.py
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `vsmmu fuzz`."""
+    parser.add_argument("--time", type=_positive_float, metavar="S",
+                        help=f"fuzz for S seconds (default {DEFAULT_TIME:g} unless --runs "
+                        "is given)")
+    parser.add_argument("--runs", type=_positive_int, metavar="N",
+                        help="stop after about N executions in total")
+    parser.add_argument("--jobs", type=_non_negative_int, default=1, metavar="N",
+                        help="parallel libFuzzer processes (default 1; 0: one per core)")
+    parser.add_argument("--target", choices=TARGETS, default="system",
+                        help="harness: the whole system (default), vSTE/CD writes, guest "
+                        "commands, or the physical SMMU alone")
+    parser.add_argument("--corpus", metavar="DIR",
+                        help="working corpus, read and extended (default "
+                        "fuzz-out/corpus/<target>; must exist when given); the seeds in "
+                        "corpora/<target>/ are read too, never written")
+    parser.add_argument("--artifacts", metavar="DIR",
+                        help="where crash files and their .json sidecars go "
+                        "(default fuzz-out/artifacts/)")
+    parser.add_argument("--platform", metavar="FILE",
+                        help="platform file (.toml/.json); default: the embedded fuzzing "
+                        "platform")
+    parser.add_argument("--seed", type=int, metavar="N",
+                        help="libFuzzer random seed (job j uses N+j+1; 0 is libFuzzer's "
+                        "'random')")
+    parser.add_argument("--no-z3", action="store_true", help="skip the Z3 state checks")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object (the progress line goes to stderr)")
+    parser.add_argument("libfuzzer_args", nargs="*", metavar="-- FLAG",
+                        help="after --: raw libFuzzer flags, passed through "
+                        "(e.g. -- -max_len=2048 -use_value_profile=1)")
+
+
+def options_from_args(args: argparse.Namespace) -> CampaignOptions:
+    return CampaignOptions(
+        target=args.target, time=args.time, runs=args.runs, jobs=args.jobs,
+        corpus=args.corpus, artifacts=args.artifacts, platform=args.platform, seed=args.seed,
+        z3=not args.no_z3, libfuzzer_args=tuple(args.libfuzzer_args),
+        progress=sys.stderr if args.json else sys.stdout)
+
+
+def main(args: argparse.Namespace) -> int:
+    """`vsmmu fuzz`: 0 nothing found, 1 findings, 2 a usage or input error."""
+    try:
+        result = run_campaign(options_from_args(args))
+    except CampaignError as e:
+        print(f"vsmmu fuzz: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(format_result(result))
+    for error in result.errors:
+        print(f"vsmmu fuzz: {error}", file=sys.stderr)
+    return result.exit_code
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+# ------------------------------------------------------------------ results
+@dataclass
+class Finding:
+    invariant: str
+    signature: str
+    artifact: str
+    step: int | None = None
+    witness: dict[str, Any] = field(default_factory=dict)
+    target: str = "system"
+    new: bool = True  # found by this campaign (False: reported from an earlier one's sidecar)
+    duplicates: int = 0  # more artifacts with the same signature
+    found_after: float | None = None  # seconds into the campaign (new findings)
+
+    def sidecar(self) -> dict[str, Any]:
+        return {"invariant": self.invariant, "signature": self.signature, "step": self.step,
+                "witness": self.witness, "target": self.target}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"invariant": self.invariant, "signature": self.signature,
+                "artifact": self.artifact, "step": self.step, "new": self.new,
+                "duplicates": self.duplicates,
+                "found_after": None if self.found_after is None else round(self.found_after, 1)}
+
+
+def _group_universes() -> dict[str, tuple[str, list[str]]]:
+    events = [e.name for e in Event]
+    ops = [op.name for op in Opcode]
+    # Stage-1 faults are about the input (CLASS=IN) but for an external abort on a
+    # stage-1 table fetch (TT); stage-2 faults of a nested walk are classed by the
+    # access stage 2 translated: the CD fetch, a stage-1 table fetch, or the input.
+    faults = [f"{e.name} S1 CLASS=IN" for e in sorted(RECORD_CONTROLLED)]
+    faults += [f"{Event.F_WALK_EABT.name} S1 CLASS=TT"]
+    faults += [f"{e.name} S2 CLASS={c.name}" for e in sorted(WALK_EVENTS) for c in FaultClass]
+    cerrors = [e.name for e in CmdError if e]
+    return {
+        "events (physical)": ("smmu.event:", events),
+        "events (guest)": ("vsmmu.event:", events),
+        "commands (physical)": ("smmu.cmd:", ops),
+        "commands (guest)": ("vsmmu.cmd:", ops),
+        "STE configs": ("smmu.ste:", [c.name for c in Config]),
+        "fault classes (physical)": ("smmu.fault:", faults),
+        "fault classes (guest)": ("vsmmu.fault:", faults),
+        "command errors (physical)": ("smmu.cerror:", cerrors),
+        "command errors (guest)": ("vsmmu.cerror:", cerrors),
+    }
+
+
+GROUPS = _group_universes()
+
+
+def coverage_table(reached: Iterable[str]) -> dict[str, list[str]]:
+    """The reached names of each group, in the group's order."""
+    reached = set(reached)
+    return {group: [name for name in names if prefix + name in reached]
+            for group, (prefix, names) in GROUPS.items()}
+
+
+@dataclass
+class CampaignResult:
+    target: str
+    execs: int
+    seconds: float
+    findings: list[Finding]
+    coverage: dict[str, list[str]]
+    corpus: int = 0  # inputs in the working corpus at the end
+    replayed: int = 0  # corpus and seed inputs replayed for the coverage table
+    cov: int = 0  # libFuzzer's cov: (the largest a worker reported)
+    restarts: int = 0
+    interrupted: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def execs_per_sec(self) -> float:
+        return self.execs / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        if self.errors:
+            return 2
+        return 1 if self.findings else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target, "execs": self.execs,
+            "execs_per_sec": round(self.execs_per_sec, 1), "seconds": round(self.seconds, 2),
+            "corpus": self.corpus, "cov": self.cov, "restarts": self.restarts,
+            "interrupted": self.interrupted,
+            "findings": [f.as_dict() for f in self.findings],
+            "coverage": self.coverage,
+            "coverage_totals": {g: len(names) for g, (_, names) in GROUPS.items()},
+            "coverage_replayed": self.replayed,
+            "errors": self.errors,
+        }
+
+
+def format_result(r: CampaignResult) -> str:
+    lines = [f"vsmmu fuzz {r.target}: {r.seconds:.1f} s, {r.execs:,} execs "
+             f"({r.execs_per_sec:,.0f}/s), corpus {r.corpus}, cov {r.cov}"
+             + (f", {r.restarts} restarts" if r.restarts else "")
+             + (" (interrupted)" if r.interrupted else "")]
+    if r.findings:
+        lines.append(f"findings: {len(r.findings)} unique")
+        for f in r.findings:
+            when = f"new after {f.found_after:.0f} s" if f.found_after is not None else (
+                "new" if f.new else "known")
+            more = f" (+{f.duplicates} more)" if f.duplicates else ""
+            lines.append(f"  {f.signature}  [{when}]  {f.artifact}{more}")
+    else:
+        lines.append("findings: none")
+    lines.append(f"coverage (replay of {r.replayed} corpus inputs), reached/total:")
+    width = max(map(len, GROUPS))
+    for group, (_, names) in GROUPS.items():
+        got = r.coverage.get(group, [])
+        missing = [n for n in names if n not in got]
+        head = f"  {group:{width}}  {len(got):2}/{len(names):<2}  "
+        if not missing:
+            words = ["all"]
+        elif len(got) < len(missing):
+            words = ["reached:", *got] if got else ["none"]
+        else:
+            words = ["missing:", *missing]
+        line = head
+        for word in words:
+            if len(line) + len(word) > 100 and line.strip():
+                lines.append(line.rstrip())
+                line = " " * len(head)
+            line += word + " "
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ artifacts
+def _artifact_kind(name: str) -> str | None:
+    kind = name.split("-", 1)[0]
+    return kind if kind in ARTIFACT_KINDS and "-" in name and not name.endswith(".json") else None
+
+
+class Classifier:
+    """Replays artifacts in-process and writes their sidecars."""
+
+    def __init__(self, options: CampaignOptions, settings: Settings):
+        self.options, self.settings = options, settings
+        self._runner = None
+
+    def runner(self):
+        if self._runner is None:
+            self._runner = make_runner(self.options.target, self.settings)
+        return self._runner
+
+    def classify(self, path: Path) -> Finding:
+        sidecar = path.with_name(path.name + ".json")
+        if sidecar.exists():
+            try:
+                data = json.loads(sidecar.read_text())
+                return Finding(data["invariant"], data["signature"], str(path), data.get("step"),
+                               data.get("witness") or {}, data.get("target", "?"), new=False)
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # unreadable: classify again
+        finding = self._replay(path)
+        sidecar.write_text(json.dumps(finding.sidecar(), indent=2) + "\n")
+        return finding
+
+    def _replay(self, path: Path) -> Finding:
+        kind = _artifact_kind(path.name)
+        target = self.options.target
+        if kind != "crash":  # a hang or a memory blow-up: not replayed in this process
+            return Finding(NO_CRASH, f"{NO_CRASH}:{kind}", str(path), None, {"artifact": kind},
+                           target)
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES)
+        found = classify(self.runner().run(decode(data)))
+        if found is None:
+            return Finding(NO_CRASH, f"{NO_CRASH}:unreproduced", str(path), None,
+                           {"note": "libFuzzer saw the harness fail; the replay is clean"},
+                           target)
+        return Finding(found.invariant, found.signature, str(path), found.step, found.witness,
+                       target)
+
+
+# ------------------------------------------------------------------ workers
+_STATUS = re.compile(r"^#(\d+)\b.*?\bcov: (\d+)")
+_FINAL_EXECS = re.compile(r"^stat::number_of_executed_units:\s*(\d+)")
+_PROGRESS = re.compile(re.escape(PROGRESS_PREFIX) + r"(\d+)")
+
+
+@dataclass
+class Worker:
+    job: int
+    runs: int | None  # this worker's share of --runs
+    proc: subprocess.Popen | None = None
+    reader: threading.Thread | None = None
+    execs_done: int = 0  # by earlier processes of this worker
+    execs: int = 0  # by the current process
+    cov: int = 0
+    inited: bool = False  # the current process got past its corpus replay
+    restarts: int = 0
+    fruitless: int = 0  # restarts in a row that never fuzzed
+    found: bool = False  # the current process stopped on a finding (named an artifact)
+    finished: bool = False
+    failed: int | None = None  # exit status of a harness that could not run
+    tail: deque = field(default_factory=lambda: deque(maxlen=12))
+
+    @property
+    def total(self) -> int:
+        return self.execs_done + self.execs
+
+    def feed(self, line: str) -> None:
+        self.tail.append(line)
+        if "Test unit written to" in line:
+            self.found = True
+        if m := _STATUS.match(line):
+            self.execs = max(self.execs, int(m[1]))
+            self.cov = max(self.cov, int(m[2]))
+            if "INITED" in line or "NEW" in line or "pulse" in line or ": cov:" in line:
+                self.inited = True
+        elif m := _FINAL_EXECS.match(line):
+            self.execs = max(self.execs, int(m[1]))
+        elif m := _PROGRESS.search(line):
+            self.execs = max(self.execs, int(m[1]))
+
+
+class Campaign:
+    def __init__(self, options: CampaignOptions):
+        self.o = options
+        self._stopping = False
+        self._workers: list[Worker] = []
+        self._validate()
+
+    # -- set-up ------------------------------------------------------------
+    def _validate(self) -> None:
+        o = self.o
+        if o.target not in TARGETS:
+            raise CampaignError(f"unknown target {o.target!r} (one of {', '.join(TARGETS)})")
+        if o.jobs < 0 or (o.runs is not None and o.runs <= 0) or (
+                o.time is not None and o.time <= 0):
+            raise CampaignError("--jobs must be 0 or more, --runs and --time positive")
+        for flag in o.libfuzzer_args:
+            if not flag.startswith("-"):
+                raise CampaignError(f"libFuzzer flags after -- look like -name=value, got "
+                                    f"{flag[:60]!r}")
+        if o.platform:
+            from vsmmu.platform import PlatformError, load_platform
+
+            try:
+                load_platform(o.platform)
+            except PlatformError as e:
+                raise CampaignError(str(e)) from None
+        self.script = HARNESSES / f"{o.target}_fuzzer.py"
+        if not os.access(self.script, os.X_OK):
+            raise CampaignError(f"{self.script} is missing or not executable")
+        if o.corpus is not None:
+            self.corpus = Path(o.corpus)
+            if not self.corpus.is_dir():
+                raise CampaignError(f"corpus directory {o.corpus} does not exist")
+        else:
+            self.corpus = OUT / "corpus" / o.target
+        if o.seeds is not None:
+            self.seeds: Path | None = Path(o.seeds)
+            if not self.seeds.is_dir():
+                raise CampaignError(f"seed directory {o.seeds} does not exist")
+        else:
+            default = SEEDS_ROOT / o.target
+            self.seeds = default if default.is_dir() else None
+        self.artifacts = Path(o.artifacts) if o.artifacts else OUT / "artifacts"
+        try:
+            self.corpus.mkdir(parents=True, exist_ok=True)
+            self.artifacts.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CampaignError(f"cannot create {e.filename}: {e.strerror}") from None
+        self.jobs = o.jobs or os.cpu_count() or 1
+        self.time = o.time if o.time is not None else (None if o.runs else DEFAULT_TIME)
+
+    def _flags(self, worker: Worker, deadline: float | None) -> list[str] | None:
+        """libFuzzer flags for the worker's next process (None: nothing left to do)."""
+        flags = [f"-artifact_prefix={self.artifacts}{os.sep}", "-print_final_stats=1",
+                 f"-max_len={DEFAULT_MAX_LEN}", f"-timeout={DEFAULT_TIMEOUT}"]
+        if DICTIONARY.is_file():
+            flags.append(f"-dict={DICTIONARY}")
+        if deadline is not None:
+            left = int(deadline - time.monotonic())
+            if left < 1:
+                return None
+            flags.append(f"-max_total_time={left}")
+        if worker.runs is not None:
+            left = worker.runs - worker.total
+            if left < 1:
+                return None
+            flags.append(f"-runs={left}")
+        if self.o.seed is not None:
+            seed = (self.o.seed + worker.job + worker.restarts * self.jobs) % (2**32 - 1) + 1
+            flags.append(f"-seed={seed}")
+        flags += self.o.libfuzzer_args
+        flags.append(str(self.corpus))
+        if self.seeds is not None:
+            flags.append(str(self.seeds))
+        return flags
+
+    def _env(self, known: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        # -fork/-merge re-execute the script itself: `#!/usr/bin/env python3` must find
+        # this interpreter (the one with atheris and the project installed).
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        platform = str(Path(self.o.platform).resolve()) if self.o.platform else None
+        env.update(Settings(platform=platform, z3=self.o.z3, known=str(known), progress=True,
+                            plant=self.o.plant).env())
+        return env
+
+    # -- running -----------------------------------------------------------
+    def run(self) -> CampaignResult:
+        settings = Settings(platform=self.o.platform, z3=self.o.z3, plant=self.o.plant)
+        with tempfile.TemporaryDirectory(prefix="vsmmu-fuzz-") as tmp, planted(self.o.plant):
+            self.classifier = Classifier(self.o, settings)
+            self.known_path = Path(tmp) / "known-signatures"
+            self.findings: dict[str, Finding] = {}
+            self.handled: set[str] = set()
+            self.start = None
+            self._scan_artifacts(settle=0.0)  # earlier campaigns' findings
+            start = self.start = time.monotonic()
+            interrupted = False
+            try:
+                workers = self._fuzz(start, self._env(self.known_path))
+            except KeyboardInterrupt:
+                interrupted = True
+                workers = self._workers
+                self._stop(workers)
+            seconds = time.monotonic() - start
+            self._scan_artifacts(settle=0.0)
+            self._progress_done()
+            # After Ctrl-C the summary should come quickly: a shorter replay.
+            coverage, replayed = self._coverage(10.0 if interrupted else COVERAGE_BUDGET)
+        errors = [e for w in workers if (e := self._failure(w))]
+        return CampaignResult(
+            self.o.target, sum(w.total for w in workers), seconds,
+            list(self.findings.values()), coverage_table(coverage),
+            corpus=_count(self.corpus), replayed=replayed,
+            cov=max((w.cov for w in workers), default=0),
+            restarts=sum(w.restarts for w in workers), interrupted=interrupted,
+            errors=errors)
+
+    def _fuzz(self, start: float, env: dict[str, str]) -> list[Worker]:
+        deadline = start + self.time if self.time is not None else None
+        share = -(-self.o.runs // self.jobs) if self.o.runs else None
+        lines: queue.Queue = queue.Queue()
+        self._workers = workers = [Worker(j, share) for j in range(self.jobs)]
+        self._write_known()
+        for w in workers:
+            self._start(w, deadline, env, lines)
+        last_scan = last_progress = 0.0
+        while not all(w.finished for w in workers):
+            try:
+                job, line = lines.get(timeout=0.2)
+                while True:
+                    if line is None:
+                        self._exited(workers[job], deadline, env, lines)
+                    else:
+                        workers[job].feed(line)
+                    job, line = lines.get_nowait()
+            except queue.Empty:
+                pass
+            now = time.monotonic()
+            if now - last_scan >= 0.5:
+                last_scan = now
+                if self._scan_artifacts(settle=0.3):
+                    self._write_known()
+            if now - last_progress >= self._progress_every():
+                last_progress = now
+                self._show_progress(workers, now - start)
+            if deadline is not None and now > deadline + STOP_GRACE:
+                self._stop(workers)
+        return workers
+
+    def _start(self, w: Worker, deadline, env, lines: queue.Queue) -> None:
+        flags = self._flags(w, deadline)
+        if flags is None:
+            w.finished = True
+            return
+        w.inited, w.found, w.execs = False, False, 0
+        w.proc = subprocess.Popen([sys.executable, str(self.script), *flags], env=env,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                  text=True, errors="replace")
+        w.reader = threading.Thread(target=_pump, args=(w.job, w.proc.stdout, lines),
+                                    daemon=True)
+        w.reader.start()
+
+    def _exited(self, w: Worker, deadline, env, lines: queue.Queue) -> None:
+        """The worker's output ended: restart it after a finding while there is
+        time and runs left; a harness that fails without a finding is an error."""
+        rc = w.proc.wait()
+        w.execs_done += w.execs
+        w.execs = 0
+        if rc == 0 or self._stopping or self._flags(w, deadline) is None:
+            w.finished = True
+            return
+        w.fruitless = 0 if w.inited else w.fruitless + 1
+        if not w.found or w.fruitless > MAX_FRUITLESS_RESTARTS:
+            w.finished, w.failed = True, rc
+            return
+        if self._scan_artifacts(settle=0.0):
+            self._write_known()
+        w.restarts += 1
+        self._start(w, deadline, env, lines)
+
+    def _stop(self, workers: list[Worker]) -> None:
+        """SIGINT (libFuzzer prints its final stats), then SIGKILL after a while."""
+        self._stopping = True
+        alive = [w for w in workers if w.proc is not None and w.proc.poll() is None]
+        for w in alive:
+            _signal_group(w.proc, signal.SIGINT)
+        end = time.monotonic() + 10
+        for w in alive:
+            try:
+                w.proc.wait(timeout=max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(w.proc, signal.SIGKILL)
+                w.proc.wait()
+        for w in workers:
+            if w.reader is not None:
+                w.reader.join(timeout=5)
+            if w.proc is not None and not w.finished:
+                w.execs_done += w.execs
+                w.execs = 0
+            w.finished = True
+
+    def _failure(self, w: Worker) -> str | None:
+        if w.failed is None:
+            return None
+        last = next((line for line in reversed(w.tail) if line.strip()), "no output")
+        how = "kept failing" if w.found else "exited without a finding"
+        return f"the {self.o.target} harness {how} (status {w.failed}): {last[:200]}"
+
+    # -- findings ------------------------------------------------------------
+    def _scan_artifacts(self, settle: float) -> bool:
+        """Classify artifacts not seen yet (older than `settle` seconds); True when a
+        new signature was found."""
+        new_signature = False
+        try:
+            entries = sorted(os.scandir(self.artifacts), key=lambda e: e.name)
+        except OSError:
+            return False
+        now = time.time()
+        for entry in entries:
+            if entry.name in self.handled or _artifact_kind(entry.name) is None:
+                continue
+            if now - entry.stat().st_mtime < settle:
+                continue  # libFuzzer may still be writing it
+            self.handled.add(entry.name)
+            finding = self.classifier.classify(Path(entry.path))
+            if finding.target not in (self.o.target, "?"):
+                continue  # another harness's artifact
+            known = self.findings.get(finding.signature)
+            if known is None:
+                if finding.new and self.start is not None:
+                    finding.found_after = time.monotonic() - self.start
+                self.findings[finding.signature] = finding
+                new_signature = True
+            else:
+                known.duplicates += 1
+        return new_signature
+
+    def _write_known(self) -> None:
+        tmp = self.known_path.with_suffix(".tmp")
+        tmp.write_text("".join(f"{sig}\n" for sig in self.findings))
+        os.replace(tmp, self.known_path)
+
+    # -- progress -------------------------------------------------------------
+    def _progress_every(self) -> float:
+        out = self.o.progress
+        return PROGRESS_TTY_EVERY if out is not None and out.isatty() else PROGRESS_LOG_EVERY
+
+    def _show_progress(self, workers: list[Worker], elapsed: float) -> None:
+        out = self.o.progress
+        if out is None:
+            return
+        execs = sum(w.total for w in workers)
+        line = (f"[{int(elapsed) // 60}:{int(elapsed) % 60:02}] {self.o.target}: "
+                f"{execs:,} execs ({execs / max(elapsed, 1e-9):,.0f}/s), "
+                f"cov {max(w.cov for w in workers)}, corpus {_count(self.corpus)}, "
+                f"findings {len(self.findings)}")
+        if out.isatty():
+            out.write("\r\x1b[K" + line)
+        else:
+            out.write(line + "\n")
+        out.flush()
+
+    def _progress_done(self) -> None:
+        out = self.o.progress
+        if out is not None and out.isatty():
+            out.write("\n")
+            out.flush()
+
+    # -- coverage -------------------------------------------------------------
+    def _coverage(self, budget: float) -> tuple[set[str], int]:
+        """Replay the corpus and seeds (no monitor) and union what they reached,
+        for at most `budget` seconds."""
+        runner = make_runner(self.o.target, Settings(platform=self.o.platform, monitor=False,
+                                                     z3=False))
+        reached: set[str] = set()
+        end = time.monotonic() + budget
+        replayed = 0
+        for path in _inputs(self.corpus, self.seeds):
+            if time.monotonic() > end:
+                break
+            with open(path, "rb") as f:
+                reached |= runner.run(decode(f.read(MAX_BYTES))).coverage
+            replayed += 1
+        return reached, replayed
+
+
+def _pump(job: int, stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put((job, line.rstrip("\n")))
+    lines.put((job, None))
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _inputs(*dirs: Path | None) -> list[Path]:
+    out = []
+    for d in dirs:
+        if d is not None and d.is_dir():
+            out += sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
+    return out
+
+
+def _count(d: Path) -> int:
+    try:
+        return sum(1 for e in os.scandir(d) if e.is_file() and not e.name.startswith("."))
+    except OSError:
+        return 0
+
+
+def run_campaign(options: CampaignOptions) -> CampaignResult:
+    """Run a campaign (see the module docstring); raises CampaignError on bad input."""
+    return Campaign(options).run()
+
+
+# ------------------------------------------------------------------ merging
+@dataclass(frozen=True)
+class MergeResult:
+    before: int  # inputs in dest before
+    after: int
+
+    @property
+    def added(self) -> int:
+        return self.after - self.before
+
+
+def merge_corpora(dest: str | os.PathLike, sources: Iterable[str | os.PathLike], *,
+                  target: str = "system") -> MergeResult:
+    """Distil corpora gathered on many machines into `dest`: libFuzzer -merge=1
+    through the target's harness copies into `dest` the source inputs that add
+    coverage to what `dest` already reaches (dest is created if missing; sources
+    are only read).  Invariant checks are off: the merge measures coverage."""
+    dest, sources = Path(dest), [Path(s) for s in sources]
+    if not sources:
+        raise CampaignError("corpus merge needs at least one source directory")
+    for s in sources:
+        if not s.is_dir():
+            raise CampaignError(f"corpus directory {s} does not exist")
+    if target not in TARGETS:
+        raise CampaignError(f"unknown target {target!r} (one of {', '.join(TARGETS)})")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CampaignError(f"cannot create {dest}: {e.strerror}") from None
+    before = _count(dest)
+    script = HARNESSES / f"{target}_fuzzer.py"
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env.update(Settings(monitor=False, z3=False).env())
+    with tempfile.TemporaryDirectory(prefix="vsmmu-merge-") as tmp:
+        cmd = [sys.executable, str(script), "-merge=1", f"-artifact_prefix={tmp}{os.sep}",
+               f"-max_len={MAX_BYTES}", str(dest), *map(str, sources)]
+        proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, errors="replace", check=False)
+    if proc.returncode != 0:
+        last = next((x for x in reversed(proc.stderr.splitlines()) if x.strip()), "no output")
+        raise CampaignError(f"libFuzzer merge failed (status {proc.returncode}): {last[:200]}")
+    return MergeResult(before, _count(dest))
+

@@ -1,0 +1,175 @@
+"""What the atheris harnesses (fuzz/harnesses/*_fuzzer.py) share.
+
+A harness script is a few lines: import atheris, import this module inside
+`atheris.instrument_imports()`, call `main(target)`.  `main` boots the target
+once (`runner.Runner` for the system targets, `physical.PhysicalRunner` for
+the physical SMMU alone), wires the structure-aware mutator and crossover
+(fuzz/mutate.py) with the target's bias and the booted system's hints, and
+hands libFuzzer `Harness`: decode, run, raise `Finding` on a violation.  The
+exception's message starts with the finding's signature, whose first word is
+the invariant, so libFuzzer's log says at once what an artifact is.
+
+Settings come from the environment, so that libFuzzer's -fork/-merge
+children (which re-execute the script with libFuzzer flags only) inherit them;
+`vsmmu fuzz` sets them from its options:
+
+  VSMMU_FUZZ_PLATFORM    platform file (default: the embedded fuzzing platform)
+  VSMMU_FUZZ_Z3=0        skip the Z3 state checks
+  VSMMU_FUZZ_MONITOR=0   no invariant monitor (only no-crash; for measurements)
+  VSMMU_FUZZ_KNOWN       a file of finding signatures, one a line: a violation
+                         with a known signature does not stop the fuzzer again
+                         (re-read when the file changes)
+  VSMMU_FUZZ_PROGRESS=1  print `vsmmu-progress execs=N` on stderr every 2 s
+  VSMMU_FUZZ_PLANT       MODULE:FUNC, a context manager entered for the whole
+                         process: TEST ONLY, plants a known bug so tests can
+                         check that a campaign finds it (tests/plants.py)
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+from .mutate import BIASES, Bias, Hints, Mutator, hints_from
+from .physical import PhysicalRunner
+from .program import decode
+from .runner import Runner, RunResult
+from .triage import signature
+
+TARGETS = ("system", "vste", "command", "smmu")
+PROGRESS_EVERY = 2.0  # seconds between progress lines
+PROGRESS_PREFIX = "vsmmu-progress execs="
+
+
+class Finding(Exception):
+    """A violation, raised for libFuzzer: the message starts with the signature."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    platform: str | None = None
+    monitor: bool = True
+    z3: bool = True
+    known: str | None = None
+    progress: bool = False
+    plant: str | None = None
+
+    @classmethod
+    def from_env(cls, env: os._Environ | dict | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(platform=env.get("VSMMU_FUZZ_PLATFORM") or None,
+                   monitor=env.get("VSMMU_FUZZ_MONITOR", "1") != "0",
+                   z3=env.get("VSMMU_FUZZ_Z3", "1") != "0",
+                   known=env.get("VSMMU_FUZZ_KNOWN") or None,
+                   progress=env.get("VSMMU_FUZZ_PROGRESS") == "1",
+                   plant=env.get("VSMMU_FUZZ_PLANT") or None)
+
+    def env(self) -> dict[str, str]:
+        """The environment variables that give these settings to a harness."""
+        out = {"VSMMU_FUZZ_MONITOR": "1" if self.monitor else "0",
+               "VSMMU_FUZZ_Z3": "1" if self.z3 else "0",
+               "VSMMU_FUZZ_PROGRESS": "1" if self.progress else "0"}
+        for name, value in (("PLATFORM", self.platform), ("KNOWN", self.known),
+                            ("PLANT", self.plant)):
+            if value:
+                out[f"VSMMU_FUZZ_{name}"] = value
+        return out
+
+
+def make_runner(target: str, settings: Settings = Settings()) -> Runner | PhysicalRunner:
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r} (one of {', '.join(TARGETS)})")
+    if target == "smmu":
+        return PhysicalRunner()
+    platform = None
+    if settings.platform:
+        from vsmmu.platform import load_platform
+
+        platform = load_platform(settings.platform)
+    return Runner(platform, monitor=settings.monitor, z3=settings.z3)
+
+
+def runner_hints(runner: Runner | PhysicalRunner) -> Hints:
+    if isinstance(runner, PhysicalRunner):
+        return runner.hints()
+    return hints_from(runner.template)
+
+
+def finding_signature(result: RunResult) -> str | None:
+    v = result.violation
+    return None if v is None else signature(v, result.traceback)
+
+
+@contextmanager
+def planted(spec: str | None) -> Iterator[None]:
+    """Enter the context manager MODULE:FUNC() names (nothing when `spec` is empty)."""
+    if not spec:
+        yield
+        return
+    module, _, func = spec.partition(":")
+    with getattr(importlib.import_module(module), func)():
+        yield
+
+
+class Harness:
+    """libFuzzer's TestOneInput: decode, run, raise on a new finding."""
+
+    def __init__(self, runner: Runner | PhysicalRunner, known: str | None = None,
+                 progress: bool = False):
+        self.runner = runner
+        self.known_path = known
+        self._known: set[str] = set()
+        self._known_stamp: float | None = None
+        self.progress = progress
+        self.execs = 0
+        self._last_report = time.monotonic()
+
+    def known(self) -> set[str]:
+        if self.known_path:
+            try:
+                stamp = os.stat(self.known_path).st_mtime_ns
+            except OSError:
+                return self._known
+            if stamp != self._known_stamp:
+                with open(self.known_path, encoding="utf-8") as f:
+                    self._known = {line.strip() for line in f if line.strip()}
+                self._known_stamp = stamp
+        return self._known
+
+    def __call__(self, data: bytes) -> None:
+        self.execs += 1
+        if self.progress and not self.execs & 31:
+            now = time.monotonic()
+            if now - self._last_report >= PROGRESS_EVERY:
+                self._last_report = now
+                print(f"{PROGRESS_PREFIX}{self.execs}", file=sys.stderr, flush=True)
+        result = self.runner.run(decode(data))
+        sig = finding_signature(result)
+        if sig is not None and sig not in self.known():
+            detail = f"{sig}\n{result.violation}"
+            if result.traceback:
+                detail += "\n" + result.traceback
+            raise Finding(detail)
+
+
+def main(target: str, bias: Bias | None = None, argv: list[str] | None = None) -> None:
+    """Run libFuzzer on `target` (one of TARGETS); argv: libFuzzer's flags and
+    corpus directories (default sys.argv).  Does not return."""
+    import atheris
+
+    settings = Settings.from_env()
+    stack = ExitStack()  # never closed: atheris.Fuzz() exits the process
+    stack.enter_context(planted(settings.plant))
+    runner = make_runner(target, settings)
+    harness = Harness(runner, settings.known, settings.progress)
+    # atheris.Mutate is looked up at each call: atheris swaps it in when fuzzing starts.
+    mutator = Mutator(runner_hints(runner), bias or BIASES[target],
+                      lambda data, max_size: atheris.Mutate(data, max_size))
+    atheris.Setup(sys.argv if argv is None else argv, harness,
+                  custom_mutator=mutator.mutate, custom_crossover=mutator.crossover)
+    atheris.Fuzz()

@@ -1,0 +1,20 @@
+#!/usr/bin/env python3
+"""The whole system: guests drive their vSMMUs, devices DMA, the hypervisor
+reassigns pages and devices; every isolation invariant is checked after each step.
+
+libFuzzer flags and corpus directories pass straight through, e.g.
+    fuzz/harnesses/system_fuzzer.py -runs=1000 -artifact_prefix=out/ CORPUS_DIR
+(settings from the environment: see fuzz/harness.py; campaigns: `vsmmu fuzz`).
+"""
+
+import sys
+from pathlib import Path
+
+import atheris
+
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # a source checkout
+with atheris.instrument_imports(include=["vsmmu", "properties", "fuzz"]):
+    from fuzz import harness
+
+if __name__ == "__main__":
+    harness.main("system")

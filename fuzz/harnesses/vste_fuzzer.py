@@ -1,0 +1,20 @@
+#!/usr/bin/env python3
+"""vSTE and CD fuzzing: programs biased to guest stream-table and CD writes,
+their CFGI commands, and DMA through the resulting configuration.
+
+libFuzzer flags and corpus directories pass straight through, e.g.
+    fuzz/harnesses/vste_fuzzer.py -runs=1000 -artifact_prefix=out/ CORPUS_DIR
+(settings from the environment: see fuzz/harness.py; campaigns: `vsmmu fuzz`).
+"""
+
+import sys
+from pathlib import Path
+
+import atheris
+
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # a source checkout
+with atheris.instrument_imports(include=["vsmmu", "properties", "fuzz"]):
+    from fuzz import harness
+
+if __name__ == "__main__":
+    harness.main("vste")

@@ -1,0 +1,608 @@
+"""Structure-aware mutation: libFuzzer's custom mutator and crossover over programs.
+
+A fuzz input is a program (fuzz/program.py).  `Mutator.mutate` decodes it and
+changes it the way a person probing a vSMMU would: insert a new *meaningful*
+operation (DMA into a device's boot buffer at `runner.DMA_IOVA`, a vSTE or CD
+built field by field from the layout table with a config that looks valid, a
+command of any opcode in `layouts.Op` with its fields set by name, a register
+write with a value built from that register's layout), delete, duplicate or
+swap operations, or change one operand.  An operand that is a layout word (a
+vSTE is an STE, a CD a CD, a command the layout of its opcode byte, a
+page-table descriptor an S1_DESC, an MMIO value its register) is changed ONE
+FIELD at a time: boundary values, reserved encodings (outside `Field.values`),
+a flipped enable bit, or one reserved bit (`Layout.reserved_mask`) set.
+`Mutator.crossover` splices two programs with a `step` between them, so one
+behaviour runs after the other has settled.
+
+Outputs are canonical programs of at most `program.MAX_OPS` operations and
+`max_size` bytes.  With a small probability, and with an even chance for an
+input that is not a canonical program (a hand-made file), the mutator falls
+back to a byte-level mutation: `byte_mutate` (atheris.Mutate, with libFuzzer's
+dictionary and comparison feedback, in the harnesses) or, by default, a seeded
+one here; its output is canonicalized too (decoding is total: the same
+program).  Everything but atheris.Mutate is a function of the seed
+(`random.Random(seed)`): the same input and seed give the same output.
+
+`Hints` are the values worth choosing: occupied guest slots, vSIDs, ASIDs,
+VMIDs, IOVAs, and the IPAs of the structures the vSMMUs and SMMUs read (CD
+tables, page tables, stream tables, queues, DMA buffers).  `hints_from(system)`
+reads them from a booted system; the defaults describe the embedded fuzzing
+platform.  `Bias` weights the operations a harness inserts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from vsmmu.driver import DEFAULT_MAIR
+from vsmmu.fields import Field, Layout, deposit, extract
+from vsmmu.hypervisor import GUEST_RAM, MSI_WINDOW
+from vsmmu.layouts import CD, CMD_ANY, COMMANDS, REGISTERS, S1_DESC, STE, Config
+from vsmmu.layouts import Op as Opcode
+from vsmmu.memory import PAGE_SIZE
+
+from .program import GUEST_SLOTS, MAX_OPS, OP_BY_NAME, OPS, Op, Operand, decode, encode
+from .runner import ATOMIC, DMA_BUF, DMA_IOVA, PRIV, SSV, TRANSLATED, W, X
+
+BYTE_LEVEL = 0.05  # share of mutations left to the byte-level mutator
+BYTE_LEVEL_GARBAGE = 0.5  # ... for inputs that are not canonical programs
+SEPARATOR = Op(OP_BY_NAME["step"], (3,))  # between crossed-over programs: queues settle
+
+ByteMutate = Callable[[bytes, int], bytes]
+
+
+# ------------------------------------------------------------------ hints
+@dataclass(frozen=True)
+class Hints:
+    """Values worth choosing, for the platform being fuzzed."""
+
+    guests: tuple[int, ...] = (0, 1)  # occupied guest slots
+    smmus: int = 2
+    devices: int = 6
+    vsids: tuple[int, ...] = (0, 1)
+    asids: tuple[int, ...] = (1, 2, 3)
+    vmids: tuple[int, ...] = (1, 2)
+    iovas: tuple[int, ...] = (DMA_IOVA, MSI_WINDOW[0])
+    ipas: tuple[int, ...] = (GUEST_RAM,)  # where the structures the SMMUs read live
+    pages: tuple[int, ...] = tuple(range(0x30))  # RAM page indexes (from GUEST_RAM)
+    dma_pages: tuple[int, ...] = ()  # the pages behind the devices' DMA buffers
+    # (device index, guest slot, RAM page index behind DMA_IOVA) per assigned device
+    buffers: tuple[tuple[int, int, int], ...] = ()
+
+
+def hints_from(system) -> Hints:
+    """Hints for a booted `runner.System`: its guests, streams and the guest IPAs
+    of every table, queue and DMA buffer the boot left behind."""
+    hyp = system.hyp
+    ipas: set[int] = set()
+    dma_pages: set[int] = set()
+    buffers = []
+    devices = list(hyp.devices)
+    for kernel in system.kernels.values():
+        for drv in kernel.drivers.values():
+            ipas |= {drv._strtab.base, drv._cmdq.base, drv._evtq.base}
+            ipas |= {table.ptr for table in drv._cd_tables.values()}
+    for device, dom in system.domains.items():
+        ipas.add(dom.table.ttb)
+        for iova in range(DMA_IOVA, DMA_IOVA + DMA_BUF, PAGE_SIZE):
+            buffer = dom.table.translate(iova)
+            if buffer is not None:
+                ipas.add(buffer)
+                dma_pages.add((buffer - GUEST_RAM) // PAGE_SIZE)
+        first = dom.table.translate(DMA_IOVA)
+        guest = hyp.assigned.get(device, ("",))[0]
+        if first is not None and guest[1:].isdigit():
+            buffers.append((devices.index(device), int(guest[1:]),
+                            (first - GUEST_RAM) // PAGE_SIZE))
+    slots = tuple(sorted(int(g[1:]) for g in hyp.guests if g[1:].isdigit()))
+    return Hints(
+        guests=slots or (0,),
+        smmus=len(hyp.smmus),
+        devices=len(hyp.devices),
+        vsids=tuple(sorted({vsid for _, vsid in hyp.assigned.values()})) or (0,),
+        asids=tuple(sorted({dom.asid for dom in system.domains.values()})) or (1,),
+        vmids=tuple(sorted(g.vmid for g in hyp.guests.values())) or (1,),
+        iovas=(DMA_IOVA, DMA_IOVA + DMA_BUF - PAGE_SIZE, MSI_WINDOW[0]),
+        ipas=tuple(sorted(ipas)),
+        pages=tuple(sorted({(ipa - GUEST_RAM) // PAGE_SIZE for ipa in ipas if ipa >= GUEST_RAM})),
+        dma_pages=tuple(sorted(dma_pages)),
+        buffers=tuple(sorted(buffers)),
+    )
+
+
+@dataclass(frozen=True)
+class Bias:
+    """How often each operation is inserted (relative weights; absent: 0), and
+    which opcodes inserted commands use (None: every opcode in layouts.Op)."""
+
+    ops: Mapping[str, float]
+    opcodes: tuple[Opcode, ...] | None = None
+
+
+SYSTEM = Bias({
+    "dma": 14, "cmd": 10, "vste": 8, "cd": 6, "pte": 6, "mmio_write": 6, "reassign": 4,
+    "ats": 3, "mem": 3, "s2_unmap": 3, "events": 3, "step": 3, "cmd_burst": 2, "assign": 2,
+    "deassign": 2, "s2_map": 2, "recover": 2, "mmio_read": 1, "destroy": 1, "create": 1,
+})
+VSTE = Bias(
+    {"vste": 25, "dma": 20, "cd": 15, "cmd": 15, "pte": 5, "ats": 5, "events": 3, "step": 3,
+     "mmio_write": 3},
+    (Opcode.CFGI_STE, Opcode.CFGI_STE_RANGE, Opcode.CFGI_CD, Opcode.CFGI_CD_ALL,
+     Opcode.PREFETCH_CONFIG, Opcode.SYNC),
+)
+COMMAND = Bias({"cmd": 30, "dma": 20, "cmd_burst": 8, "pte": 5, "events": 5, "recover": 5,
+                "step": 5, "ats": 3, "s2_unmap": 2, "reassign": 2})
+SMMU = Bias({"dma": 20, "vste": 15, "cmd": 15, "cd": 10, "pte": 10, "mmio_write": 8, "ats": 5,
+             "mem": 5, "cmd_burst": 3, "step": 3, "events": 3, "recover": 3, "s2_unmap": 2,
+             "s2_map": 2, "deassign": 1, "assign": 1, "destroy": 1, "create": 1})
+BIASES = {"system": SYSTEM, "vste": VSTE, "command": COMMAND, "smmu": SMMU}
+
+
+# ------------------------------------------------------------ layout words
+def _raw_max(f: Field) -> int:
+    return (1 << f.width) - 1
+
+
+def _set(word: int, f: Field, raw: int) -> int:
+    return deposit(word, f.hi, f.lo, raw & _raw_max(f))
+
+
+def _address(f: Field, addr: int) -> int:
+    """The raw bits an address field holds for `addr` (truncated to the field)."""
+    return (addr >> f.addr_lo) & _raw_max(f)
+
+
+def _reserved_encodings(f: Field, rng: random.Random) -> list[int]:
+    if not f.values:
+        return []
+    top = _raw_max(f)
+    if top < 64:
+        return [v for v in range(top + 1) if v not in f.values]
+    picks = {rng.randrange(top + 1) for _ in range(8)}
+    return [v for v in picks if v not in f.values]
+
+
+def _hinted(f: Field, hints: Hints) -> list[int]:
+    """Raw values of a field a person would try first, by the field's name."""
+    name = f.name
+    if f.addr_lo is not None:
+        return [_address(f, a) for a in (*hints.ipas, *hints.iovas, 0)]
+    if name in ("SID", "STAG"):
+        return list(hints.vsids)
+    if name in ("VMID", "S2VMID"):
+        return [*hints.vmids, 0]
+    if name == "ASID":
+        return [*hints.asids, 0]
+    if name == "SSID":
+        return [0, 1]
+    if name == "OP":
+        return [op.value for op in Opcode]
+    if f.values:
+        return list(f.values)
+    return []
+
+
+def mutate_field(layout: Layout, word: int, rng: random.Random, hints: Hints | None = None,
+                 name: str | None = None) -> tuple[int, str | None]:
+    """`word` with ONE field of `layout` changed (returns the new word and the
+    field's name), or, with probability 1/10, with one reserved bit toggled
+    (the name is then None); `name` picks the field.  Candidates: 0, 1, the
+    maximum and one less, a reserved encoding, a hinted value, a random value;
+    a single-bit field (an enable) is flipped.  The result always differs."""
+    hints = hints or Hints()
+    if layout.reserved_mask and name is None and rng.random() < 0.1:
+        bits = [i for i in range(layout.width) if layout.reserved_mask >> i & 1]
+        return word ^ (1 << rng.choice(bits)), None
+    f = layout[name] if name else rng.choice(list(layout))
+    old, top = extract(word, f.hi, f.lo), _raw_max(f)
+    if f.width == 1:
+        return _set(word, f, old ^ 1), f.name
+    kind = rng.random()
+    if kind < 0.35:
+        candidates = [0, 1, top, top - 1]
+    elif kind < 0.5:
+        candidates = _reserved_encodings(f, rng)
+    elif kind < 0.8:
+        candidates = _hinted(f, hints)
+    else:
+        candidates = [rng.randrange(top + 1), old ^ (1 << rng.randrange(f.width))]
+    candidates = [c for c in candidates if c != old and 0 <= c <= top]
+    new = rng.choice(candidates) if candidates else old ^ (1 << rng.randrange(f.width))
+    return _set(word, f, new), f.name
+
+
+def command_layout(word: int) -> Layout:
+    """The layout of a command word: by its opcode byte (CMD_ANY when unknown)."""
+    return COMMANDS.get(word & 0xFF, CMD_ANY)
+
+
+def word_layout(op: Op, operand: Operand, value: int | bytes) -> Layout | None:
+    """The layout a raw or integer operand is a word of, if any."""
+    name = op.spec.name
+    if operand.name == "ste":
+        return STE
+    if operand.name == "cd":
+        return CD
+    if operand.name == "cmd":
+        return command_layout(int.from_bytes(value, "little"))
+    if operand.name in ("desc", "data"):
+        return S1_DESC
+    if name == "mmio_write" and operand.name == "value":
+        return REGISTERS[op.reg % len(REGISTERS)].layout
+    return None
+
+
+# ------------------------------------------------------------ generators
+class Generator:
+    """Meaningful operations and layout words, built field by field."""
+
+    def __init__(self, rng: random.Random, hints: Hints, bias: Bias):
+        self.rng, self.h, self.bias = rng, hints, bias
+
+    def _pick(self, values, fresh: Callable[[], int] | None = None, p_fresh: float = 0.1):
+        if fresh is not None and (not values or self.rng.random() < p_fresh):
+            return fresh()
+        return self.rng.choice(values)
+
+    def _fields(self, layout: Layout, word: int = 0, **values: int) -> int:
+        """Set fields by name; an address field takes an address."""
+        for name, value in values.items():
+            f = layout[name]
+            word = _set(word, f, _address(f, value) if f.addr_lo is not None else value)
+        return word
+
+    def _scramble(self, layout: Layout, word: int, p: float = 0.2) -> int:
+        """Now and then, a few other fields changed as a fuzzer would."""
+        while self.rng.random() < p:
+            word, _ = mutate_field(layout, word, self.rng, self.h)
+        return word
+
+    def ipa(self) -> int:
+        return self._pick(self.h.ipas, lambda: GUEST_RAM + self.rng.randrange(256) * PAGE_SIZE)
+
+    def guest(self) -> int:
+        return self._pick(self.h.guests, lambda: self.rng.randrange(GUEST_SLOTS), 0.05)
+
+    def vsid(self) -> int:
+        return self._pick(self.h.vsids, lambda: self.rng.randrange(256), 0.15)
+
+    def ste(self) -> int:
+        r = self.rng
+        config = r.choices([Config.S1_TRANS, Config.ABORT, Config.BYPASS, Config.S2_TRANS,
+                            Config.NESTED, r.choice((1, 2, 3))], [6, 1, 1, 1, 1, 1])[0]
+        word = self._fields(STE, V=int(r.random() < 0.95), CONFIG=int(config))
+        if config in (Config.S1_TRANS, Config.NESTED) or r.random() < 0.2:
+            word = self._fields(
+                STE, word, S1CONTEXTPTR=self.ipa(), S1CIR=1, S1COR=1, S1CSH=3,
+                S1CDMAX=0 if r.random() < 0.7 else r.randrange(21),
+                S1FMT=0 if r.random() < 0.8 else r.randrange(4),
+                S1DSS=r.randrange(4) if r.random() < 0.3 else 0)
+        if r.random() < 0.3:
+            word = self._fields(STE, word, EATS=r.randrange(4))
+        if config in (Config.S2_TRANS, Config.NESTED) or r.random() < 0.2:
+            word = self._fields(  # a guest has no business here: the vSMMU must not care
+                STE, word, S2VMID=r.choice(self.h.vmids), S2TTB=self.ipa(), S2T0SZ=24,
+                S2SL0=1, S2PS=r.randrange(8), S2AA64=1, S2R=r.randrange(2))
+        return self._scramble(STE, word)
+
+    def cd(self) -> int:
+        r = self.rng
+        asid = self._pick(self.h.asids, lambda: r.randrange(1 << 16))
+        word = self._fields(
+            CD, V=int(r.random() < 0.95), ASID=asid, TTB0=self.ipa(),
+            T0SZ=r.choice((24, 25, 16, r.randrange(64))),
+            TG0=0 if r.random() < 0.8 else r.randrange(4),
+            IPS=r.choice((2, 3, 4, 5, r.randrange(8))), IR0=1, OR0=1, SH0=3, EPD1=1,
+            R=int(r.random() < 0.9), A=1, AA64=int(r.random() < 0.95), MAIR=DEFAULT_MAIR)
+        return self._scramble(CD, word)
+
+    def desc(self) -> int:
+        r = self.rng
+        out = self._pick([*self.h.ipas, *(GUEST_RAM + p * PAGE_SIZE for p in self.h.pages)],
+                         lambda: r.randrange(1 << 36) & -PAGE_SIZE, 0.2)
+        word = self._fields(S1_DESC, VALID=int(r.random() < 0.9), TYPE=int(r.random() < 0.9),
+                            AF=int(r.random() < 0.9), SH=3, AP=r.randrange(4), OA=out)
+        return self._scramble(S1_DESC, word)
+
+    def command(self) -> int:
+        r = self.rng
+        if r.random() < 0.03:
+            return self._fields(CMD_ANY, OP=r.randrange(256)) | r.getrandbits(120) << 8
+        op = r.choice(self.bias.opcodes or tuple(Opcode))
+        layout = COMMANDS[op]
+        word = op.value
+        for f in layout:
+            if f.name == "OP" or (f.name == "SSEC" and r.random() < 0.95):
+                continue
+            hinted = _hinted(f, self.h)
+            if f.name == "MSIADDR":
+                hinted = [_address(f, MSI_WINDOW[0]), 0, *hinted]
+            elif f.name == "RANGE":
+                hinted = [0, 31, 1]
+            raw = r.choice(hinted) if hinted and r.random() < 0.8 else (
+                r.randrange(_raw_max(f) + 1) if r.random() < 0.3 else 0)
+            word = _set(word, f, raw)
+        return self._scramble(layout, word, 0.1)
+
+    def register_value(self, reg_index: int) -> int:
+        r, reg = self.rng, REGISTERS[reg_index % len(REGISTERS)]
+        word = 0
+        for f in reg.layout:
+            hinted = _hinted(f, self.h)
+            if f.name == "LOG2SIZE":
+                hinted = [r.randrange(12)]
+            elif f.width == 1:
+                hinted = [int(r.random() < 0.7)]
+            elif f.name in ("WR", "RD"):
+                hinted = [r.randrange(64)]
+            if hinted and r.random() < 0.8:
+                word = _set(word, f, r.choice(hinted))
+            elif r.random() < 0.3:
+                word = _set(word, f, r.randrange(_raw_max(f) + 1))
+        return word
+
+    def flags(self) -> int:
+        r = self.rng
+        bits = ((W, 0.5), (X, 0.1), (PRIV, 0.1), (SSV, 0.15), (TRANSLATED, 0.1), (ATOMIC, 0.03))
+        return sum(b for b, p in bits if r.random() < p)
+
+    def iova(self) -> int:
+        r = self.rng
+        base = r.choice(self.h.iovas)
+        page = base + PAGE_SIZE * r.randrange(DMA_BUF // PAGE_SIZE)
+        near = [base, page, base + r.randrange(DMA_BUF)]
+        return self._pick(near, lambda: r.getrandbits(48), 0.1)
+
+    def operand(self, op_name: str, operand: Operand, args: dict) -> int | bytes:
+        """A fresh, meaningful value for one operand of an operation."""
+        r, name = self.rng, operand.name
+        if name == "ste":
+            return STE.to_bytes(self.ste())
+        if name == "cd":
+            return CD.to_bytes(self.cd())
+        if name == "cmd":
+            return self.command().to_bytes(16, "little")
+        if name == "data":
+            word = self.desc() if r.random() < 0.5 else r.getrandbits(64)
+            return word.to_bytes(8, "little")
+        if name in ("guest", "dst"):
+            value = self.guest()
+            if name == "dst" and len(self.h.guests) > 1 and value == args.get("guest"):
+                value = r.choice([g for g in self.h.guests if g != value])
+        elif name == "smmu":
+            value = r.randrange(max(self.h.smmus, 1))
+        elif name == "device":
+            value = r.randrange(max(self.h.devices, 1))
+        elif name == "reg":
+            value = r.randrange(len(REGISTERS))
+        elif name == "value":
+            value = self.register_value(args.get("reg", 0))
+        elif name == "vsid":
+            value = self.vsid()
+        elif name == "ssid":
+            value = r.choice((0, 0, 0, 1, r.randrange(256)))
+        elif name == "iova":
+            value = self.iova()
+        elif name == "desc":
+            value = self.desc()
+        elif name == "flags":
+            value = self.flags()
+        elif name == "offset":
+            value = self.ipa() - GUEST_RAM + 8 * r.randrange(8)
+        elif name == "page":  # pages devices DMA to are the ones a stale TLB entry reaches
+            pages = self.h.dma_pages if self.h.dma_pages and r.random() < 0.5 else self.h.pages
+            value = self._pick(pages, lambda: r.randrange(256))
+        elif name == "count" and op_name == "cmd_burst":
+            value = r.choices((r.randrange(4), r.randrange(300), r.randrange(1 << 12)),
+                              (60, 35, 5))[0]  # past the vSMMU's per-trap budget, rarely huge
+        elif name == "count":  # step: time is cheap to ask for and dear to run
+            value = r.choice((0, 0, 1, 2, r.randrange(16)))
+        else:
+            value = r.randrange(min(operand.limit or 256, 256))
+        return _fit(operand, value)
+
+    def op(self, name: str | None = None, before: Sequence[Op] = ()) -> Op:
+        """A new operation (`name`, or one drawn by the bias) to insert after the
+        operations `before`."""
+        if name is None:
+            names = list(self.bias.ops)
+            name = self.rng.choices(names, [self.bias.ops[n] for n in names])[0]
+        code = OP_BY_NAME[name]
+        args: dict[str, int | bytes] = {}
+        for operand in OPS[code].operands:
+            args[operand.name] = self.operand(name, operand, args)
+        if name in ("s2_unmap", "reassign") and self.rng.random() < 0.5:
+            args.update(self._dma_target(before))
+            others = [g for g in self.h.guests if g != args["guest"]]
+            if name == "reassign" and args["dst"] == args["guest"] and others:
+                args["dst"] = self.rng.choice(others)
+        return Op(code, tuple(args.values()))
+
+    def _dma_target(self, before: Sequence[Op]) -> dict[str, int]:
+        """Pages are resources: the guest and RAM page an earlier DMA reached through
+        its device's boot buffer, which a stale translation would still reach."""
+        buffers = {device: (guest, page) for device, guest, page in self.h.buffers}
+        reached = []
+        for op in before:
+            device = op.device % max(self.h.devices, 1) if op.spec.name == "dma" else None
+            if device in buffers:
+                offset = op.iova - DMA_IOVA
+                if 0 <= offset < DMA_BUF:
+                    guest, page = buffers[device]
+                    reached.append({"guest": guest, "page": page + offset // PAGE_SIZE})
+        return self.rng.choice(reached) if reached else {}
+
+
+def _fit(operand: Operand, value: int) -> int:
+    value &= (1 << (8 * operand.width)) - 1
+    return value % operand.limit if operand.limit else value
+
+
+# ------------------------------------------------------------ the mutator
+def _python_byte_mutate(data: bytes, max_size: int, rng: random.Random) -> bytes:
+    """A small libFuzzer-like byte mutator (flip, set, insert, erase, copy)."""
+    out = bytearray(data)
+    kind = rng.randrange(5) if out else 2
+    if kind == 0:
+        i = rng.randrange(len(out))
+        out[i] ^= 1 << rng.randrange(8)
+    elif kind == 1:
+        out[rng.randrange(len(out))] = rng.randrange(256)
+    elif kind == 2:
+        i = rng.randrange(len(out) + 1)
+        out[i:i] = rng.randbytes(rng.randrange(1, 9))
+    elif kind == 3:
+        i = rng.randrange(len(out))
+        del out[i : i + rng.randrange(1, 9)]
+    else:
+        i, j = rng.randrange(len(out)), rng.randrange(len(out))
+        out[j:j] = out[i : i + rng.randrange(1, 17)]
+    return bytes(out[:max_size])
+
+
+@dataclass
+class Mutator:
+    hints: Hints = field(default_factory=Hints)
+    bias: Bias = SYSTEM
+    byte_mutate: ByteMutate | None = None  # e.g. atheris.Mutate; None: seeded, in Python
+
+    # -- libFuzzer entry points ------------------------------------------
+    def mutate(self, data: bytes, max_size: int, seed: int) -> bytes:
+        """LLVMFuzzerCustomMutator: a new input of at most `max_size` bytes."""
+        rng = random.Random(seed)
+        ops = decode(data)
+        canonical = encode(ops)
+        p_bytes = BYTE_LEVEL_GARBAGE if data and canonical != data else BYTE_LEVEL
+        if rng.random() < p_bytes:
+            return self._bytes(data, max_size, rng)
+        gen = Generator(rng, self.hints, self.bias)
+        for _ in range(1 + (rng.random() < 0.3) + (rng.random() < 0.1)):
+            ops = self._mutate_program(ops, gen)
+        return _fitted(ops, max_size, rng)
+
+    def crossover(self, data1: bytes, data2: bytes, max_out_size: int, seed: int) -> bytes:
+        """LLVMFuzzerCustomCrossOver: a splice.  A non-empty prefix of the first
+        program (the state it builds), a `step` so its queues settle, then a
+        non-empty suffix of the second; on average no longer than its parents,
+        so programs do not double with each generation."""
+        rng = random.Random(seed)
+        first, second = decode(data1), decode(data2)
+        if not first or not second:
+            return _fitted(first or second, max_out_size, rng)
+        head = first[: rng.randint(1, len(first))]
+        tail = second[rng.randrange(len(second)):]
+        while len(head) + len(tail) > 2 and (
+                len(head) + len(tail) >= MAX_OPS
+                or len(encode([*head, SEPARATOR, *tail])) > max_out_size):
+            if len(head) >= len(tail):  # shorten the longer side
+                head = head[:-1]
+            else:
+                tail = tail[:-1]
+        return _fitted([*head, SEPARATOR, *tail], max_out_size, rng)
+
+    # -- program-level mutations -----------------------------------------
+    def _mutate_program(self, ops: list[Op], gen: Generator) -> list[Op]:
+        r = gen.rng
+        ops = list(ops)
+        if not ops:
+            return [gen.op()]
+        kind = r.choices(("insert", "delete", "duplicate", "swap", "operand"),
+                         (30, 10, 8, 7, 45))[0]
+        i = r.randrange(len(ops))
+        if kind == "insert":
+            at = r.randrange(len(ops) + 1)
+            ops.insert(at, gen.op(before=ops[:at]))
+        elif kind == "delete":
+            del ops[i]
+        elif kind == "duplicate":
+            ops.insert(r.randrange(len(ops) + 1), ops[i])
+        elif kind == "swap" and len(ops) > 1:
+            i = min(i, len(ops) - 2)
+            ops[i], ops[i + 1] = ops[i + 1], ops[i]
+        else:
+            ops[i] = self.mutate_operand(ops[i], gen)
+        return ops
+
+    def mutate_operand(self, op: Op, gen: Generator) -> Op:
+        """One operand of `op` changed: a layout word by one field, a number to a
+        boundary, a hinted value, a nearby value or a fresh meaningful one."""
+        r = gen.rng
+        operands = op.spec.operands
+        index = r.randrange(len(operands))
+        operand, value = operands[index], op.args[index]
+        layout = word_layout(op, operand, value)
+        if operand.raw:
+            word = int.from_bytes(value, "little")
+            if layout is not None and r.random() < 0.85:
+                word, _ = mutate_field(layout, word, r, self.hints)
+                new: int | bytes = word.to_bytes(operand.width, "little")
+            else:
+                new = gen.operand(op.spec.name, operand, _args(op))
+        elif layout is not None and r.random() < 0.7:
+            word, _ = mutate_field(layout, value, r, self.hints)
+            new = _fit(operand, word)
+        else:
+            new = _mutate_number(operand, value, gen, _args(op), op.spec.name)
+        args = list(op.args)
+        args[index] = new
+        return Op(op.code, tuple(args))
+
+    def _bytes(self, data: bytes, max_size: int, rng: random.Random) -> bytes:
+        """A byte-level mutation, canonicalized: the same program (decoding is
+        total), without the ignored bytes that would hide it from the structure
+        mutations next time."""
+        if self.byte_mutate is not None:
+            out = self.byte_mutate(data, max_size)
+        else:
+            out = _python_byte_mutate(data, max_size, rng)
+        return _fitted(decode(out), max_size, rng)
+
+
+def _args(op: Op) -> dict:
+    return {o.name: v for o, v in zip(op.spec.operands, op.args, strict=True)}
+
+
+def _mutate_number(operand: Operand, value: int, gen: Generator, args: dict,
+                   op_name: str) -> int:
+    r = gen.rng
+    top = (operand.limit or 1 << (8 * operand.width)) - 1
+    for _ in range(4):
+        kind = r.random()
+        if kind < 0.4:
+            new = gen.operand(op_name, operand, args)
+        elif kind < 0.6:
+            new = r.choice((0, 1, top, top - 1))
+        elif kind < 0.8:
+            new = value + r.choice((-1, 1)) * r.randrange(1, 17)
+        else:
+            new = value ^ (1 << r.randrange(8 * operand.width))
+        new = _fit(operand, new)
+        if new != value:
+            return new
+    return value
+
+
+def _fitted(ops: list[Op], max_size: int, rng: random.Random) -> bytes:
+    """Canonical bytes of at most MAX_OPS operations and `max_size` bytes: random
+    operations are dropped until it fits."""
+    ops = list(ops[:MAX_OPS])
+    size = len(encode(ops))
+    while ops and size > max_size:
+        victim = ops.pop(rng.randrange(len(ops)))
+        size -= 2 + victim.spec.size
+    return encode(ops)
+
+
+# Module-level entry points (the system target's bias, default hints), for
+# `atheris.Setup(..., custom_mutator=custom_mutator, custom_crossover=custom_crossover)`.
+_DEFAULT = Mutator()
+
+
+def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
+    return _DEFAULT.mutate(data, max_size, seed)
+
+
+def custom_crossover(data1: bytes, data2: bytes, max_out_size: int, seed: int) -> bytes:
+    return _DEFAULT.crossover(data1, data2, max_out_size, seed)

@@ -1,0 +1,422 @@
+"""The physical SMMU alone: malformed structures written straight into its memory.
+
+The smmu harness interprets the same programs (fuzz/program.py) against one
+`vsmmu.smmu.Smmu`, brought up by `vsmmu.driver.SmmuDriver` with six streams:
+
+    sid  stream
+    0    stage 1: CD table of 4 (S1DSS=substream 0, EATS=translate); CD0 (ASID 1,
+         R=1) maps DMA_IOVA to data and the MSI window to a doorbell page;
+         CD1 (ASID 2, R=0) maps DMA_IOVA elsewhere; CD2, CD3 invalid
+    1    stage 2 only (VMID 1, S2R=1): IPA GUEST_RAM.. -> nested RAM
+    2    nested (VMID 2, S2R=1): CD and stage-1 tables in IPA space, CD0 (ASID 3,
+         R=1) maps DMA_IOVA to IPA GUEST_RAM
+    3    bypass
+    4    abort
+    5    V=0
+
+There is no hypervisor or guest here: a `vste` writes raw STE bytes for SID
+`vsid`, a `cd` raw CD bytes for stream `device` (then CFGI and SYNC), a
+`pte` a raw descriptor on the walk of `iova` in the stream's stage-1 table (its
+stage-2 table when it has none), `cmd` raw commands into the command queue,
+`mmio_write` any register, `mem` raw bytes anywhere in the driver's table
+pool; `assign`/`deassign` reinstall a stream's STE or abort it, `s2_map`/
+`s2_unmap` change stage 2 with the TLB invalidations a hypervisor owes,
+`reassign` remaps a stage-1 page of stream 0 (with TLBI), `destroy` resets the
+SMMU and `create` brings it up again; `events` and `recover` are the driver's.
+
+Checked after every operation (a `Violation`, as for the system runner):
+  * `no-crash`: nothing raises but the errors software expects of its own
+    driver calls (timeouts, a halted command queue, unbacked memory);
+  * `fault-reporting`: a DMA that faults with a fault the architecture makes
+    recordable is reported, never swallowed, when the event queue is enabled,
+    has room and can be written (no EVENTQ_ABT_ERR): configuration and fetch
+    errors always; translation, address-size, access and permission faults
+    when the configuration the SMMU used has CD.R=1 (stage 1) or STE.S2R=1
+    (stage 2).  The record lands at PROD with the fault's event ID and SID.
+"""
+
+from __future__ import annotations
+
+import copy
+import traceback
+from dataclasses import dataclass, field
+
+from properties.violations import NO_CRASH, Violation
+from vsmmu.alloc import Allocator
+from vsmmu.driver import SmmuDriver, cd, ste_abort, ste_bypass, ste_nested, ste_s1, ste_s2
+from vsmmu.faults import RECORD_CONTROLLED, Fault
+from vsmmu.features import Features
+from vsmmu.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW
+from vsmmu.layouts import CD, EVENT, REG, REGISTERS
+from vsmmu.memory import HYP, PAGE_SIZE, PhysMem
+from vsmmu.pagetable import IpaView, PageTable
+from vsmmu.queue import QueueGeometry
+from vsmmu.smmu import Smmu
+
+from .mutate import Hints
+from .program import Op as ProgramOp
+from .runner import DMA_BUF, DMA_IOVA, GUEST_ERRORS, PRIV, SSV, TRANSLATED, RunResult, W, X
+
+FAULT_REPORTING = "fault-reporting"
+
+POOL = (0x1000_0000, 0x40_0000)  # driver tables, queues, page tables
+DATA = (0x8000_0000, 0x10_0000)  # what stage-1 and bypass streams reach
+NESTED_RAM = (0x9000_0000, 0x10_0000)  # backs IPA [GUEST_RAM, +1 MiB)
+DOORBELL = 0x0900_0000
+IPA_POOL = (GUEST_RAM + 0x8_0000, 0x8_0000)  # nested stream's CD and stage-1 tables
+S2_PAGES = NESTED_RAM[1] // PAGE_SIZE
+
+
+@dataclass
+class Stream:
+    sid: int
+    ste: int  # the STE it was brought up with (`assign` reinstalls it)
+    port: object = None  # memory its CDs and stage-1 tables are written through
+    cd_table: int | None = None
+    cdmax: int = 0
+    s1: PageTable | None = None  # CD0's table
+    s2: PageTable | None = None
+
+
+@dataclass
+class Rig:
+    mem: PhysMem
+    smmu: Smmu
+    drv: SmmuDriver
+    streams: list[Stream] = field(default_factory=list)
+    s2: PageTable | None = None
+
+
+def _s2_fields(s2: PageTable, vmid: int) -> int:
+    return ste_s2(vmid=vmid, ttb=s2.ttb, t0sz=s2.tsz, sl0=s2.sl0, ps=48, s2r=True)
+
+
+def build(features: Features | None = None) -> Rig:
+    mem = PhysMem(48)
+    mem.add(*POOL, HYP)
+    for base, size in (DATA, NESTED_RAM, (DOORBELL, PAGE_SIZE)):
+        mem.add(base, size)
+    alloc = Allocator(*POOL)
+    smmu = Smmu(mem, features or Features(), "smmu0")
+    drv = SmmuDriver(smmu, mem, alloc, smmu.tick, max_polls=16)
+    drv.reset()
+    rig = Rig(mem, smmu, drv)
+
+    # sid 0: stage 1, CDs in physical memory
+    table = drv.alloc_cd_table(0, 2)
+    pt0 = PageTable(mem, alloc, stage=1, tsz=64 - IPA_BITS)
+    pt0.map(DMA_IOVA, DATA[0], DMA_BUF)
+    pt0.map(MSI_WINDOW[0], DOORBELL, PAGE_SIZE)
+    pt1 = PageTable(mem, alloc, stage=1, tsz=64 - IPA_BITS)
+    pt1.map(DMA_IOVA, DATA[0] + 0x1_0000, DMA_BUF)
+    drv.write_cd(0, 0, cd(1, pt0.ttb, pt0.tsz, ips=48))
+    drv.write_cd(0, 1, cd(2, pt1.ttb, pt1.tsz, ips=48, r=False))
+    s1_ste = ste_s1(table.ptr, s1cdmax=2, s1dss=2, eats=1)
+    rig.streams.append(Stream(0, s1_ste, mem, table.ptr, 2, pt0))
+
+    # stage 2 shared by sids 1 and 2 (different VMIDs)
+    s2 = rig.s2 = PageTable(mem, alloc, stage=2, tsz=64 - IPA_BITS)
+    s2.map(GUEST_RAM, NESTED_RAM[0], NESTED_RAM[1])
+    s2.map(MSI_WINDOW[0], DOORBELL, PAGE_SIZE)
+    rig.streams.append(Stream(1, _s2_fields(s2, 1), s2=s2))
+
+    # sid 2: nested, stage-1 structures in IPA space
+    view = IpaView(mem, s2)
+    ipa_alloc = Allocator(*IPA_POOL)
+    cd_ipa = ipa_alloc.alloc(64 * 2, 64)
+    view.write(cd_ipa, bytes(128))
+    pt2 = PageTable(view, ipa_alloc, stage=1, tsz=64 - IPA_BITS)
+    pt2.map(DMA_IOVA, GUEST_RAM, DMA_BUF)
+    view.write(cd_ipa, CD.to_bytes(cd(3, pt2.ttb, pt2.tsz, ips=IPA_BITS)))
+    nested = ste_nested(ste_s1(cd_ipa, s1cdmax=1, s1dss=2), _s2_fields(s2, 2))
+    rig.streams.append(Stream(2, nested, view, cd_ipa, 1, pt2, s2))
+
+    rig.streams += [Stream(3, ste_bypass()), Stream(4, ste_abort()), Stream(5, 0)]
+    for stream in rig.streams:
+        drv.write_ste(stream.sid, stream.ste)
+    return rig
+
+
+def hints(rig: Rig) -> Hints:
+    """Mutator hints for the rig: its SIDs, ASIDs, VMIDs and structure addresses."""
+    drv = rig.drv
+    addrs = {drv._strtab.base, drv._cmdq.base, drv._evtq.base}
+    for s in rig.streams:
+        addrs |= {a for a in (s.cd_table, s.s1 and s.s1.ttb, s.s2 and s.s2.ttb) if a}
+    return Hints(
+        guests=(0,), smmus=1, devices=len(rig.streams),
+        vsids=tuple(s.sid for s in rig.streams), asids=(1, 2, 3), vmids=(1, 2),
+        iovas=(DMA_IOVA, GUEST_RAM, MSI_WINDOW[0], DATA[0]),
+        ipas=tuple(sorted(addrs)), pages=tuple(range(0, S2_PAGES, 8)),
+    )
+
+
+# ------------------------------------------------------------ the event queue
+@dataclass(frozen=True)
+class _QueueState:
+    enabled: bool
+    full: bool
+    prod: int
+    abort_active: bool
+    geometry: QueueGeometry
+
+
+def _reg(smmu: Smmu, name: str) -> int:
+    r = REG[name]
+    return smmu.read(r.offset, r.size)
+
+
+def _queue_state(smmu: Smmu) -> _QueueState:
+    """The event queue as software reads it from the registers."""
+    layout = REG["EVENTQ_BASE"].layout
+    base = _reg(smmu, "EVENTQ_BASE")
+    geo = QueueGeometry.from_base_reg(layout.get(base, "ADDR"), layout.get(base, "LOG2SIZE"),
+                                      REG["IDR1"].layout.get(_reg(smmu, "IDR1"), "EVENTQS"), 32)
+    prod = REG["EVENTQ_PROD"].layout.get(_reg(smmu, "EVENTQ_PROD"), "WR")
+    cons = REG["EVENTQ_CONS"].layout.get(_reg(smmu, "EVENTQ_CONS"), "RD")
+    gerror = REG["GERROR"].layout
+    active = gerror.get(_reg(smmu, "GERROR") ^ _reg(smmu, "GERRORN"), "EVENTQ_ABT_ERR")
+    return _QueueState(bool(REG["CR0ACK"].layout.get(_reg(smmu, "CR0ACK"), "EVENTQEN")),
+                       geo.full(prod, cons), prod, bool(active), geo)
+
+
+def must_record(smmu: Smmu, fault: Fault, sid: int, ssid: int | None) -> str | None:
+    """Why the architecture requires `fault` to be recorded (None: it may not be,
+    or the configuration the SMMU used is no longer cached, so we cannot tell)."""
+    if fault.event not in RECORD_CONTROLLED:
+        return "always"
+    stream = smmu.config_cache.get_ste(sid)
+    if stream is None:
+        return None
+    if fault.s2:
+        return "STE.S2R=1" if stream.s2_record else None
+    ctx = smmu.config_cache.get_cd(sid, ssid or 0) if stream.stage1 else None
+    return "CD.R=1" if ctx is not None and ctx.record else None
+
+
+# ------------------------------------------------------------ the runner
+class PhysicalRunner:
+    """Boots the rig once; each run gets a private copy, memory rolled back after."""
+
+    def __init__(self, features: Features | None = None):
+        self.template = build(features)
+        self.mem = self.template.mem
+        self.mem.checkpoint()
+
+    def hints(self) -> Hints:
+        return hints(self.template)
+
+    def run(self, ops: list[ProgramOp]) -> RunResult:
+        rig = copy.deepcopy(self.template, {id(self.mem): self.mem})
+        try:
+            return _run(rig, ops)
+        finally:
+            self.mem.rollback()
+
+
+def _run(rig: Rig, ops: list[ProgramOp]) -> RunResult:
+    result = RunResult(0)
+    for i, op in enumerate(ops):
+        result.ops = i + 1
+        try:
+            HANDLERS[op.spec.name](rig, op)
+        except Violation as v:
+            v.step = i
+            result.violation = v
+            break
+        except Exception as e:  # noqa: BLE001 - any other exception is a finding
+            result.violation = Violation(NO_CRASH, {"exception": type(e).__name__,
+                                                    "message": str(e)[:200], "op": op.text()}, i)
+            result.traceback = traceback.format_exc()
+            break
+    result.coverage = {f"smmu.{key}" for key in rig.smmu.reached}
+    return result
+
+
+def _software(handler):
+    """A driver-side operation: errors the driver raises on state the program
+    broke (timeouts, a halted queue, unbacked tables) end only that operation."""
+    def run(rig: Rig, op: ProgramOp) -> None:
+        try:
+            handler(rig, op)
+        except GUEST_ERRORS:
+            pass
+    return run
+
+
+def _stream(rig: Rig, index: int) -> Stream:
+    return rig.streams[index % len(rig.streams)]
+
+
+def _mmio_write(rig, op):
+    reg = REGISTERS[op.reg % len(REGISTERS)]
+    rig.smmu.write(reg.offset, op.value & ((1 << (8 * reg.size)) - 1), reg.size)
+
+
+def _mmio_read(rig, op):
+    reg = REGISTERS[op.reg % len(REGISTERS)]
+    rig.smmu.read(reg.offset, reg.size)
+
+
+@_software
+def _vste(rig, op):
+    try:
+        addr = rig.drv.ste_addr(op.vsid)
+    except ValueError:  # beyond the stream table
+        return
+    rig.mem.write(addr, op.ste)
+    rig.drv.cfgi_ste(op.vsid)
+
+
+@_software
+def _cd(rig, op):
+    s = _stream(rig, op.device)
+    if s.cd_table is None:
+        return
+    ssid = op.ssid % (1 << s.cdmax)
+    s.port.write(s.cd_table + 64 * ssid, op.cd)
+    rig.drv.cfgi_cd(s.sid, ssid)
+
+
+@_software
+def _pte(rig, op):
+    s = _stream(rig, op.device)
+    table = s.s1 or s.s2
+    if table is None:
+        return
+    path = table.descriptors(op.iova & -PAGE_SIZE)
+    _, addr, _ = path[min(op.level, len(path) - 1)]
+    table.mem.write(addr, op.desc.to_bytes(8, "little"))
+
+
+@_software
+def _cmd(rig, op):
+    rig.drv.submit(int.from_bytes(op.cmd, "little"))
+
+
+@_software
+def _cmd_burst(rig, op):
+    rig.drv.submit(*[int.from_bytes(op.cmd, "little")] * (op.count + 1))
+
+
+def _dma(rig, op):
+    s = _stream(rig, op.device)
+    f = op.flags
+    ssid = op.ssid if f & SSV else None
+    kw = dict(write=bool(f & W), exec=bool(f & X), priv=bool(f & PRIV), ssid=ssid,
+              translated=bool(f & TRANSLATED))
+    if kw["write"]:
+        kw["data"] = bytes(range(op.size + 1))
+    before = _queue_state(rig.smmu)
+    result = rig.smmu.dma(s.sid, op.iova, op.size + 1, **kw)
+    if result.fault is not None:
+        _check_reported(rig.smmu, result.fault, s.sid, ssid, result.recorded, before)
+
+
+def _check_reported(smmu: Smmu, fault: Fault, sid: int, ssid: int | None, recorded: bool,
+                    before: _QueueState) -> None:
+    why = must_record(smmu, fault, sid, ssid)
+    if why is None or not before.enabled or before.full:
+        return
+    after = _queue_state(smmu)
+    if before.abort_active or after.abort_active:
+        return  # the queue's memory is unbacked: EVENTQ_ABT_ERR reports the loss
+    witness = dict(event=fault.event.name, sid=sid, ssid=ssid, s2=fault.s2, control=why)
+    if not recorded or after.prod != before.geometry.inc(before.prod):
+        raise Violation(FAULT_REPORTING, dict(witness, problem="not recorded"))
+    record = smmu.mem.read_int(before.geometry.addr(before.prod), 32)
+    if (EVENT.get(record, "ID"), EVENT.get(record, "SID")) != (fault.event, sid):
+        raise Violation(FAULT_REPORTING, dict(witness, problem="wrong record",
+                                              record_id=EVENT.get(record, "ID")))
+
+
+def _ats(rig, op):
+    s = _stream(rig, op.device)
+    f = op.flags
+    rig.smmu.ats_request(s.sid, op.iova, ssid=op.ssid if f & SSV else None,
+                         write=bool(f & W), exec=bool(f & X), priv=bool(f & PRIV))
+
+
+def _mem(rig, op):
+    base, size = POOL
+    rig.mem.write(base + op.offset % (size - 8), op.data)
+
+
+@_software
+def _assign(rig, op):
+    s = _stream(rig, op.device)
+    rig.drv.write_ste(s.sid, s.ste)
+
+
+@_software
+def _deassign(rig, op):
+    rig.drv.write_ste(_stream(rig, op.device).sid, ste_abort())
+
+
+def _s2_page(op) -> int:
+    return GUEST_RAM + (op.page % S2_PAGES) * PAGE_SIZE
+
+
+def _s2_invalidate(rig: Rig, ipa: int) -> None:
+    for vmid in (1, 2):
+        rig.drv.tlbi_s2_ipa(ipa, PAGE_SIZE, vmid=vmid)
+    rig.drv.tlbi_nh_all(2)  # the nested stream's combined entries
+
+
+@_software
+def _s2_unmap(rig, op):
+    ipa = _s2_page(op)
+    rig.s2.unmap(ipa, PAGE_SIZE)
+    _s2_invalidate(rig, ipa)
+
+
+@_software
+def _s2_map(rig, op):
+    ipa = _s2_page(op)
+    if rig.s2.translate(ipa) is None:
+        rig.s2.map(ipa, NESTED_RAM[0] + (ipa - GUEST_RAM), PAGE_SIZE)
+
+
+@_software
+def _reassign(rig, op):
+    iova = DMA_IOVA + (op.page % (DMA_BUF // PAGE_SIZE)) * PAGE_SIZE
+    table = rig.streams[0].s1
+    table.unmap(iova, PAGE_SIZE)
+    rig.drv.tlbi_va(iova, PAGE_SIZE, asid=1)
+    table.map(iova, DATA[0] + (op.dst_page % (DATA[1] // PAGE_SIZE)) * PAGE_SIZE, PAGE_SIZE)
+
+
+def _destroy(rig, op):
+    rig.smmu.reset()
+
+
+@_software
+def _create(rig, op):
+    rig.drv.reset()
+    for s in rig.streams:
+        rig.drv.write_ste(s.sid, s.ste)
+
+
+@_software
+def _events(rig, op):
+    rig.drv.events()
+
+
+@_software
+def _recover(rig, op):
+    rig.drv.recover()
+
+
+def _step(rig, op):
+    for _ in range(op.count + 1):
+        rig.smmu.tick()
+
+
+HANDLERS = {
+    "mmio_write": _mmio_write, "mmio_read": _mmio_read, "vste": _vste, "cd": _cd,
+    "pte": _pte, "cmd": _cmd, "cmd_burst": _cmd_burst, "dma": _dma, "ats": _ats,
+    "mem": _mem, "assign": _assign, "deassign": _deassign, "s2_unmap": _s2_unmap,
+    "s2_map": _s2_map, "reassign": _reassign, "destroy": _destroy, "create": _create,
+    "events": _events, "recover": _recover, "step": _step,
+}
+
