@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from vsmmu.decode import EATS_S1CHK
 from vsmmu.frontend import Initiator
-from vsmmu.hypervisor import Guest, Hypervisor
+from vsmmu.hypervisor import IPA_BITS, Guest, Hypervisor
 from vsmmu.layouts import STE, Config
 from vsmmu.memory import HYP, PAGE_SHIFT
 from vsmmu.virtual import VSmmu
@@ -113,9 +113,11 @@ class Monitor:
                               vmid=vsmmu.guest.vmid)
             return
         out, record, vsid, fetch_ipa = what
-        mapped = fetch_ipa == 0 or vsmmu.guest.view.pa_of(fetch_ipa) is not None
-        if vsid not in vsmmu.vsids or not mapped or not event_confined(out, record, vsid,
-                                                                       fetch_ipa):
+        # A failed fetch is reported at the guest address that failed: inside the
+        # guest's IPA space, though possibly unmapped (that is why it failed).
+        guest_address = fetch_ipa >> IPA_BITS == 0
+        if vsid not in vsmmu.vsids or not guest_address or not event_confined(
+                out, record, vsid, fetch_ipa):
             self._violate(EVENT_CONFINEMENT, vsmmu=vsmmu.name, record=out, vsid=vsid,
                           fetch_ipa=fetch_ipa)
 
