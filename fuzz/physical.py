@@ -54,6 +54,7 @@ from vsmmu.queue import QueueGeometry
 from vsmmu.smmu import Smmu
 
 from .mutate import Hints
+from .program import OPS
 from .program import Op as ProgramOp
 from .runner import DMA_BUF, DMA_IOVA, GUEST_ERRORS, PRIV, SSV, TRANSLATED, RunResult, W, X
 
@@ -412,11 +413,7 @@ def _step(rig, op):
         rig.smmu.tick()
 
 
-HANDLERS = {
-    "mmio_write": _mmio_write, "mmio_read": _mmio_read, "vste": _vste, "cd": _cd,
-    "pte": _pte, "cmd": _cmd, "cmd_burst": _cmd_burst, "dma": _dma, "ats": _ats,
-    "mem": _mem, "assign": _assign, "deassign": _deassign, "s2_unmap": _s2_unmap,
-    "s2_map": _s2_map, "reassign": _reassign, "destroy": _destroy, "create": _create,
-    "events": _events, "recover": _recover, "step": _step,
-}
+# Every operation of the program format, by name: `_<name>` above (a missing one
+# fails at import, not in a campaign).
+HANDLERS = {spec.name: globals()[f"_{spec.name}"] for spec in OPS}
 

@@ -36,7 +36,7 @@ from vsmmu.memory import PAGE_SIZE, BusError
 from vsmmu.pagetable import MappingError
 from vsmmu.platform import GuestSpec, Platform, default_platform
 
-from .program import GUEST_SLOTS
+from .program import GUEST_SLOTS, OPS
 from .program import Op as ProgramOp
 
 DMA_IOVA = 0x1000_0000  # each device's boot domain maps DMA_BUF bytes here
@@ -353,10 +353,6 @@ def _step(system, op):
         system.hyp.step()
 
 
-HANDLERS = {
-    "mmio_write": _mmio_write, "mmio_read": _mmio_read, "vste": _vste, "cd": _cd,
-    "pte": _pte, "cmd": _cmd, "cmd_burst": _cmd_burst, "dma": _dma, "ats": _ats,
-    "mem": _mem, "assign": _assign, "deassign": _deassign, "s2_unmap": _s2_unmap,
-    "s2_map": _s2_map, "reassign": _reassign, "destroy": _destroy, "create": _create,
-    "events": _events, "recover": _recover, "step": _step,
-}
+# Every operation of the program format, by name: `_<name>` above (a missing one
+# fails at import, not in a campaign).
+HANDLERS = {spec.name: globals()[f"_{spec.name}"] for spec in OPS}
