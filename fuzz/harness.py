@@ -31,7 +31,7 @@ import importlib
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -60,7 +60,7 @@ class Settings:
     plant: str | None = None
 
     @classmethod
-    def from_env(cls, env: os._Environ | dict | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         return cls(platform=env.get("VSMMU_FUZZ_PLATFORM") or None,
                    monitor=env.get("VSMMU_FUZZ_MONITOR", "1") != "0",
