@@ -5,9 +5,9 @@ A harness script is a few lines: import atheris, import this module inside
 once (`runner.Runner` for the system targets, `physical.PhysicalRunner` for
 the physical SMMU alone), wires the structure-aware mutator and crossover
 (fuzz/mutate.py) with the target's bias and the booted system's hints, and
-hands libFuzzer `Harness`: decode, run, raise `Finding` on a violation.  The
-exception's message starts with the finding's signature, whose first word is
-the invariant, so libFuzzer's log says at once what an artifact is.
+hands libFuzzer `Harness`: decode, run, raise `FindingError` on a violation.
+The exception's message starts with the finding's signature, whose first word
+is the invariant, so libFuzzer's log says at once what an artifact is.
 
 Settings come from the environment, so that libFuzzer's -fork/-merge
 children (which re-execute the script with libFuzzer flags only) inherit them;
@@ -46,7 +46,7 @@ PROGRESS_EVERY = 2.0  # seconds between progress lines
 PROGRESS_PREFIX = "vsmmu-progress execs="
 
 
-class Finding(Exception):
+class FindingError(Exception):
     """A violation, raised for libFuzzer: the message starts with the signature."""
 
 
@@ -154,7 +154,7 @@ class Harness:
             detail = f"{sig}\n{result.violation}"
             if result.traceback:
                 detail += "\n" + result.traceback
-            raise Finding(detail)
+            raise FindingError(detail)
 
 
 def main(target: str, bias: Bias | None = None, argv: list[str] | None = None) -> None:

@@ -17,7 +17,6 @@ changes.
 
 from __future__ import annotations
 
-from vsmmu.decode import EATS_S1CHK
 from vsmmu.frontend import Initiator
 from vsmmu.hypervisor import IPA_BITS, Guest, Hypervisor
 from vsmmu.layouts import STE, Config
@@ -171,8 +170,12 @@ class Monitor:
                                   page_owner=bad[1] if bad else "retired VMID")
             for (sid, _ssid), entries in phys.smmu.atc.items():
                 guest = self._stream_owner(name, sid)
-                if guest is not None and STE.get(phys.drv.read_ste(sid), "EATS") == EATS_S1CHK:
-                    continue  # split-stage ATS: cached IPAs, translated through stage 2
+                if guest is not None:
+                    # A guest stream's ATS is split-stage whenever it had any: s2-authority
+                    # forbids full ATS on every STE it could have used, so what its device
+                    # caches are IPAs, which stage 2 translates again (even after the
+                    # guest has since replaced the STE, say with V=0).
+                    continue
                 for in_base, size, out_base, _perm in entries:
                     bad = self._foreign_page(out_base, size, self._guest_pages(guest))
                     if bad:
