@@ -31,10 +31,10 @@ from vsmmu.layouts import REG, REGISTERS, STE, Config
 from vsmmu.layouts import Op as Opcode
 from vsmmu.memory import PAGE_SIZE
 
+from .harness import TARGETS
 from .program import OP_BY_NAME, Op, encode, parse, to_text
 from .runner import ATOMIC, DMA_BUF, DMA_IOVA, PRIV, SSV, TRANSLATED, System, W, boot, execute
 
-TARGETS = ("system", "vste", "command", "smmu")
 MAX_SEED_BYTES = 1024
 
 
