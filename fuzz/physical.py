@@ -13,6 +13,10 @@ The smmu harness interprets the same programs (fuzz/program.py) against one
     3    bypass
     4    abort
     5    V=0
+    8    beyond the stream table (a master software never configured)
+
+The stream table has 8 entries and the event queue 8 slots, so that a short
+program reaches the table bound, the queue's wrap and its overflow.
 
 There is no hypervisor or guest here: a `vste` writes raw STE bytes for SID
 `vsid`, a `cd` raw CD bytes for stream `device` (then CFGI and SYNC), a
@@ -33,21 +37,31 @@ Checked after every operation (a `Violation`, as for the system runner):
     errors always; translation, address-size, access and permission faults
     when the configuration the SMMU used has CD.R=1 (stage 1) or STE.S2R=1
     (stage 2).  The record lands at PROD with the fault's event ID and SID.
+    And the converse: such a fault is not recorded when CD.R=0 or STE.S2R=0;
+  * `stream-bounds`: a transaction whose StreamID is beyond the stream table
+    (SID >> min(STRTAB_BASE_CFG.LOG2SIZE, IDR1.SIDSIZE) != 0) ends in
+    C_BAD_STREAMID, never in an STE read from past the table;
+  * `queue-protocol`, read from the registers as software sees them: an
+    undefined command opcode, or CMD_SYNC with CS=0b11, stops the command
+    queue with CERROR_ILL; while CMDQ_ERR is active the queue does not move;
+    neither queue's PROD and CONS ever drift more than its size apart (the
+    SMMU never overwrites events software has not consumed).
 """
 
 from __future__ import annotations
 
 import copy
-import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from properties.violations import NO_CRASH, Violation
+from properties.violations import Violation
 from vsmmu.alloc import Allocator
 from vsmmu.driver import SmmuDriver, cd, ste_abort, ste_bypass, ste_nested, ste_s1, ste_s2
 from vsmmu.faults import RECORD_CONTROLLED, Fault
 from vsmmu.features import Features
 from vsmmu.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW
-from vsmmu.layouts import CD, EVENT, REG, REGISTERS
+from vsmmu.layouts import CD, COMMANDS, EVENT, REG, REGISTERS, Event, Op
 from vsmmu.memory import HYP, PAGE_SIZE, PhysMem
 from vsmmu.pagetable import IpaView, PageTable
 from vsmmu.queue import QueueGeometry
@@ -56,9 +70,25 @@ from vsmmu.smmu import Smmu
 from .mutate import Hints
 from .program import OPS
 from .program import Op as ProgramOp
-from .runner import DMA_BUF, DMA_IOVA, GUEST_ERRORS, PRIV, SSV, TRANSLATED, RunResult, W, X
+from .runner import (
+    DMA_BUF,
+    DMA_IOVA,
+    GUEST_ERRORS,
+    PRIV,
+    SSV,
+    TRANSLATED,
+    Session,
+    SessionRunner,
+    W,
+    X,
+)
 
 FAULT_REPORTING = "fault-reporting"
+STREAM_BOUNDS = "stream-bounds"
+QUEUE_PROTOCOL = "queue-protocol"
+LOG2_SIDS = 3  # the rig's stream table: SIDs 0..7
+STRAY_SID = 1 << LOG2_SIDS
+EVTQ_LOG2 = 3
 
 POOL = (0x1000_0000, 0x40_0000)  # driver tables, queues, page tables
 DATA = (0x8000_0000, 0x10_0000)  # what stage-1 and bypass streams reach
@@ -71,7 +101,7 @@ S2_PAGES = NESTED_RAM[1] // PAGE_SIZE
 @dataclass
 class Stream:
     sid: int
-    ste: int  # the STE it was brought up with (`assign` reinstalls it)
+    ste: int | None  # the STE it was brought up with (`assign` reinstalls it); None: no slot
     port: object = None  # memory its CDs and stage-1 tables are written through
     cd_table: int | None = None
     cdmax: int = 0
@@ -100,7 +130,7 @@ def build(features: Features | None = None) -> Rig:
     alloc = Allocator(*POOL)
     smmu = Smmu(mem, features or Features(), "smmu0")
     drv = SmmuDriver(smmu, mem, alloc, smmu.tick, max_polls=16)
-    drv.reset()
+    drv.reset(log2_sids=LOG2_SIDS, evtq_log2=EVTQ_LOG2)
     rig = Rig(mem, smmu, drv)
 
     # sid 0: stage 1, CDs in physical memory
@@ -135,6 +165,7 @@ def build(features: Features | None = None) -> Rig:
     rig.streams += [Stream(3, ste_bypass()), Stream(4, ste_abort()), Stream(5, 0)]
     for stream in rig.streams:
         drv.write_ste(stream.sid, stream.ste)
+    rig.streams.append(Stream(STRAY_SID, None))
     return rig
 
 
@@ -195,8 +226,96 @@ def must_record(smmu: Smmu, fault: Fault, sid: int, ssid: int | None) -> str | N
     return "CD.R=1" if ctx is not None and ctx.record else None
 
 
+def suppressed(smmu: Smmu, fault: Fault, sid: int, ssid: int | None) -> str | None:
+    """Why the architecture forbids recording `fault` (None: it does not, or the
+    configuration the SMMU used is no longer cached)."""
+    if fault.event not in RECORD_CONTROLLED:
+        return None
+    stream = smmu.config_cache.get_ste(sid)
+    if stream is None:
+        return None
+    if fault.s2:
+        return None if stream.s2_record else "STE.S2R=0"
+    ctx = smmu.config_cache.get_cd(sid, ssid or 0) if stream.stage1 else None
+    return "CD.R=0" if ctx is not None and not ctx.record else None
+
+
+# ------------------------------------------------------------ queue protocol
+def _field(smmu: Smmu, reg: str, name: str) -> int:
+    return REG[reg].layout.get(_reg(smmu, reg), name)
+
+
+def _cmdq_error(smmu: Smmu) -> bool:
+    return bool(REG["GERROR"].layout.get(_reg(smmu, "GERROR") ^ _reg(smmu, "GERRORN"),
+                                         "CMDQ_ERR"))
+
+
+@dataclass(frozen=True)
+class _Ring:
+    prod: int
+    cons: int  # the whole CONS register (the command queue's holds ERR too)
+    log2: int
+
+    @property
+    def distance(self) -> int:
+        """Entries from CONS to PROD, wrap bit included: at most 2^log2 when sane."""
+        mask = (2 << self.log2) - 1
+        return ((self.prod & mask) - (self.cons & mask)) & mask
+
+
+def _rings(smmu: Smmu) -> dict[str, _Ring | int | None]:
+    """Both queues as software reads them (enabled ones only), and GERRORN while
+    CMDQ_ERR is active (else None)."""
+    # An error acknowledged during the operation (GERRORN written) lets the queue go on.
+    out: dict[str, _Ring | int | None] = {
+        "cmdq_error": _reg(smmu, "GERRORN") if _cmdq_error(smmu) else None}
+    for q in ("CMDQ", "EVENTQ"):
+        if _field(smmu, "CR0ACK", f"{q}EN"):
+            log2 = min(_field(smmu, f"{q}_BASE", "LOG2SIZE"), _field(smmu, "IDR1", f"{q}S"))
+            out[q] = _Ring(_field(smmu, f"{q}_PROD", "WR"), _reg(smmu, f"{q}_CONS"), log2)
+    return out
+
+
+def _check_rings(smmu: Smmu, before: dict[str, _Ring | int | None]) -> None:
+    after = _rings(smmu)
+    cmdq_before, cmdq_after = before.get("CMDQ"), after.get("CMDQ")
+    if (before["cmdq_error"] is not None and before["cmdq_error"] == after["cmdq_error"]
+            and isinstance(cmdq_before, _Ring) and isinstance(cmdq_after, _Ring)
+            and cmdq_before.cons != cmdq_after.cons):
+        raise Violation(QUEUE_PROTOCOL, dict(queue="cmdq", problem="moved while CMDQ_ERR",
+                                             cons_before=cmdq_before.cons,
+                                             cons_after=cmdq_after.cons))
+    for q in ("CMDQ", "EVENTQ"):
+        old, new = before.get(q), after.get(q)
+        if (isinstance(old, _Ring) and isinstance(new, _Ring) and old.log2 == new.log2
+                and old.distance <= 1 << old.log2 < new.distance):
+            raise Violation(QUEUE_PROTOCOL, dict(queue=q.lower(), problem="overrun",
+                                                 prod=new.prod, cons=new.cons, log2=new.log2))
+
+
+def _illegal(word: int) -> bool:
+    """Commands every SMMUv3 rejects with CERROR_ILL: an undefined opcode, or
+    CMD_SYNC with the reserved CS=0b11."""
+    op = word & 0xFF
+    return op not in COMMANDS or (op == Op.SYNC and COMMANDS[Op.SYNC].get(word, "CS") == 0b11)
+
+
+def _push(rig: Rig, *words: int) -> None:
+    """The driver queues commands; an illegal one on a running queue must stop it."""
+    running = _field(rig.smmu, "CR0ACK", "CMDQEN") and not _cmdq_error(rig.smmu)
+    try:
+        rig.drv.submit(*words)
+    except GUEST_ERRORS:
+        return
+    ring = _rings(rig.smmu).get("CMDQ")
+    if (running and any(map(_illegal, words)) and not _cmdq_error(rig.smmu)
+            and isinstance(ring, _Ring) and ring.distance == 0):
+        raise Violation(QUEUE_PROTOCOL, dict(queue="cmdq", problem="illegal command consumed",
+                                             command=words[0]))
+
+
 # ------------------------------------------------------------ the runner
-class PhysicalRunner:
+class PhysicalRunner(SessionRunner):
     """Boots the rig once; each run gets a private copy, memory rolled back after."""
 
     def __init__(self, features: Features | None = None):
@@ -207,31 +326,21 @@ class PhysicalRunner:
     def hints(self) -> Hints:
         return hints(self.template)
 
-    def run(self, ops: list[ProgramOp]) -> RunResult:
+    @contextmanager
+    def session(self) -> Iterator[Session]:
         rig = copy.deepcopy(self.template, {id(self.mem): self.mem})
         try:
-            return _run(rig, ops)
+            yield Session(lambda op: _checked_step(rig, op),
+                          lambda: {f"smmu.{key}" for key in rig.smmu.reached})
         finally:
             self.mem.rollback()
 
 
-def _run(rig: Rig, ops: list[ProgramOp]) -> RunResult:
-    result = RunResult(0)
-    for i, op in enumerate(ops):
-        result.ops = i + 1
-        try:
-            HANDLERS[op.spec.name](rig, op)
-        except Violation as v:
-            v.step = i
-            result.violation = v
-            break
-        except Exception as e:  # noqa: BLE001 - any other exception is a finding
-            result.violation = Violation(NO_CRASH, {"exception": type(e).__name__,
-                                                    "message": str(e)[:200], "op": op.text()}, i)
-            result.traceback = traceback.format_exc()
-            break
-    result.coverage = {f"smmu.{key}" for key in rig.smmu.reached}
-    return result
+def _checked_step(rig: Rig, op: ProgramOp) -> None:
+    before = _rings(rig.smmu)
+    HANDLERS[op.spec.name](rig, op)
+    if op.spec.name != "mmio_write":  # software may set any pointer it likes
+        _check_rings(rig.smmu, before)
 
 
 def _software(handler):
@@ -290,14 +399,12 @@ def _pte(rig, op):
     table.mem.write(addr, op.desc.to_bytes(8, "little"))
 
 
-@_software
 def _cmd(rig, op):
-    rig.drv.submit(int.from_bytes(op.cmd, "little"))
+    _push(rig, int.from_bytes(op.cmd, "little"))
 
 
-@_software
 def _cmd_burst(rig, op):
-    rig.drv.submit(*[int.from_bytes(op.cmd, "little")] * (op.count + 1))
+    _push(rig, *[int.from_bytes(op.cmd, "little")] * (op.count + 1))
 
 
 def _dma(rig, op):
@@ -309,15 +416,33 @@ def _dma(rig, op):
     if kw["write"]:
         kw["data"] = bytes(range(op.size + 1))
     before = _queue_state(rig.smmu)
+    beyond = _beyond_table(rig.smmu, s.sid)
     result = rig.smmu.dma(s.sid, op.iova, op.size + 1, **kw)
+    if beyond and (result.fault is None or result.fault.event != Event.C_BAD_STREAMID):
+        raise Violation(STREAM_BOUNDS, dict(sid=s.sid, table_log2=beyond, got=(
+            result.fault.event.name if result.fault else "translated")))
     if result.fault is not None:
         _check_reported(rig.smmu, result.fault, s.sid, ssid, result.recorded, before)
+
+
+def _beyond_table(smmu: Smmu, sid: int) -> int | None:
+    """The stream table's log2 size when `sid` is beyond it and the SMMU must say
+    C_BAD_STREAMID (None: within it, translation off, or its STE already cached)."""
+    if not _field(smmu, "CR0ACK", "SMMUEN") or smmu.config_cache.get_ste(sid) is not None:
+        return None
+    log2 = min(_field(smmu, "STRTAB_BASE_CFG", "LOG2SIZE"), _field(smmu, "IDR1", "SIDSIZE"))
+    return log2 if sid >> log2 else None
 
 
 def _check_reported(smmu: Smmu, fault: Fault, sid: int, ssid: int | None, recorded: bool,
                     before: _QueueState) -> None:
     why = must_record(smmu, fault, sid, ssid)
-    if why is None or not before.enabled or before.full:
+    if why is None:
+        if recorded and (control := suppressed(smmu, fault, sid, ssid)):
+            raise Violation(FAULT_REPORTING, dict(event=fault.event.name, sid=sid, ssid=ssid,
+                                                  control=control, problem="recorded"))
+        return
+    if not before.enabled or before.full:
         return
     after = _queue_state(smmu)
     if before.abort_active or after.abort_active:
@@ -346,12 +471,15 @@ def _mem(rig, op):
 @_software
 def _assign(rig, op):
     s = _stream(rig, op.device)
-    rig.drv.write_ste(s.sid, s.ste)
+    if s.ste is not None:
+        rig.drv.write_ste(s.sid, s.ste)
 
 
 @_software
 def _deassign(rig, op):
-    rig.drv.write_ste(_stream(rig, op.device).sid, ste_abort())
+    s = _stream(rig, op.device)
+    if s.ste is not None:
+        rig.drv.write_ste(s.sid, ste_abort())
 
 
 def _s2_page(op) -> int:
@@ -393,9 +521,10 @@ def _destroy(rig, op):
 
 @_software
 def _create(rig, op):
-    rig.drv.reset()
+    rig.drv.reset(log2_sids=LOG2_SIDS, evtq_log2=EVTQ_LOG2)
     for s in rig.streams:
-        rig.drv.write_ste(s.sid, s.ste)
+        if s.ste is not None:
+            rig.drv.write_ste(s.sid, s.ste)
 
 
 @_software
