@@ -5,7 +5,10 @@ It watches from outside, the way the model allows: memory observers see every
 access with its initiator (a device's DMA, a physical SMMU's table walk, a
 vSMMU acting on a guest's behalf), vSMMU observers see every command and
 event crossing the trust boundary, and after each step the monitor reads the
-physical STEs, the configuration cache, the IOTLB and the device ATCs.
+physical STEs, the configuration cache, the IOTLB and the device ATCs.  An
+SMMU may fetch an STE at any moment, so a guest stream's physical STE is also
+checked between the hypervisor's writes to it (every 64-bit store), not only
+at the end of the step: a torn update is a window of lost stage-2 authority.
 Violations found during a step are collected (the model is never interrupted
 by a foreign exception) and `check()` raises the first, with the step index
 and a concrete witness.
@@ -50,6 +53,9 @@ class Monitor:
         self._z3_checked: dict[str, int] = {}  # guest -> stage-2 generation last proved
         self._vsmmu_guest: dict[str, str] = {}  # vSMMU name -> guest
         self._msis_checked = 0
+        self._ste_slots: dict[int, tuple[str, int]] = {}  # STE address -> (SMMU, pSID)
+        self._written_stes: set[tuple[str, int]] = set()  # written since the last access
+        self._find_ste_slots()
         hyp.mem.observers.append(self._on_access)
         self._attach_new_guests()
 
@@ -81,8 +87,20 @@ class Monitor:
     def _guest_pages(guest: str | None) -> set:
         return {guest, ("msi", guest)} if guest is not None else {HYP}
 
+    def _find_ste_slots(self) -> None:
+        self._ste_slots.clear()
+        for dev in self.hyp.devices.values():
+            addr = self.hyp.smmus[dev.smmu].drv.ste_addr(dev.sid, create=False)
+            if addr is not None:  # None: no level-2 table for it yet
+                self._ste_slots[addr] = (dev.smmu, dev.sid)
+
     # ------------------------------------------------------- memory accesses
     def _on_access(self, kind: str, pa: int, size: int, who: object) -> None:
+        # Observers run before the access: what earlier writes left is visible now.
+        if self._written_stes:
+            self._check_written_stes()
+        if kind == "w" and who is None and pa & ~63 in self._ste_slots:
+            self._written_stes.add(self._ste_slots[pa & ~63])
         if not isinstance(who, Initiator):
             return  # software (the hypervisor or a guest CPU), not a confinement subject
         if who.purpose == "dma":
@@ -124,6 +142,8 @@ class Monitor:
     def check(self) -> None:
         """End of a step: check the state, then raise the first violation seen."""
         self._attach_new_guests()
+        self._written_stes.clear()  # the final state is checked below
+        self._find_ste_slots()
         self._check_stes()
         self._check_caches()
         self._check_msis()
@@ -132,6 +152,16 @@ class Monitor:
         self.step += 1
         if self.found:
             raise self.found[0]
+
+    def _check_written_stes(self) -> None:
+        written, self._written_stes = self._written_stes, set()
+        for smmu, sid in written:
+            owner = self.hyp.smmus[smmu].owners.get(sid)
+            guest = self.hyp.guests.get(owner[0]) if owner else None
+            word = self.hyp.smmus[smmu].drv.read_ste(sid)
+            if guest is not None and not self._authority_ok(word, guest):
+                self._violate(S2_AUTHORITY, smmu=smmu, sid=sid, guest=guest.name,
+                              where="memory", when="mid-update", ste=STE.format(word))
 
     def _check_stes(self) -> None:
         guests = self.hyp.guests
