@@ -22,6 +22,8 @@ from __future__ import annotations
 import copy
 import traceback
 import types
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 from properties.monitor import Monitor
@@ -98,7 +100,52 @@ def boot(platform: Platform | None = None, *, monitor: bool = True, z3: bool = T
     return system
 
 
-class Runner:
+class Session:
+    """One program run an operation at a time, on a private copy of the booted
+    system: `step` runs an operation and the checks after it."""
+
+    def __init__(self, execute: Callable[[ProgramOp], None], coverage: Callable[[], set[str]]):
+        self._execute, self._coverage = execute, coverage
+        self.result = RunResult(0)
+
+    def step(self, op: ProgramOp) -> bool:
+        """False once a violation (or any other exception: no-crash) ended the run."""
+        if self.result.violation is not None:
+            return False
+        i = self.result.ops
+        self.result.ops += 1
+        try:
+            self._execute(op)
+        except Violation as v:
+            v.step = i
+            self.result.violation = v
+        except Exception as e:  # noqa: BLE001 - any other exception is a finding
+            self.result.violation = Violation(NO_CRASH, {"exception": type(e).__name__,
+                                                         "message": str(e)[:200],
+                                                         "op": op.text()}, i)
+            self.result.traceback = traceback.format_exc()
+        return self.result.violation is None
+
+    def finish(self) -> RunResult:
+        self.result.coverage = self._coverage()
+        return self.result
+
+
+class SessionRunner:
+    """`run` for a runner whose `session()` gives a fresh `Session`."""
+
+    def session(self) -> AbstractContextManager[Session]:
+        raise NotImplementedError
+
+    def run(self, ops: list[ProgramOp]) -> RunResult:
+        with self.session() as s:
+            for op in ops:
+                if not s.step(op):
+                    break
+            return s.finish()
+
+
+class Runner(SessionRunner):
     def __init__(self, platform: Platform | None = None, *, monitor: bool = True,
                  z3: bool = True):
         self.template = boot(platform, monitor=monitor, z3=z3)
@@ -106,40 +153,25 @@ class Runner:
         self._observers = list(self.mem.observers)
         self.mem.checkpoint()
 
-    def run(self, ops: list[ProgramOp]) -> RunResult:
-        """Run on a private copy of the booted system; memory is rolled back after."""
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A private copy of the booted system; memory is rolled back after."""
         memo = {id(self.mem): self.mem}
         system = copy.deepcopy(self.template, memo)
         # The copies of the hypervisor and the monitor observe memory, not the originals.
         self.mem.observers = [types.MethodType(o.__func__, memo[id(o.__self__)])
                               for o in self._observers]
         try:
-            return self._run(system, ops)
+            yield Session(lambda op: _checked_step(system, op), lambda: _coverage(system))
         finally:
             self.mem.observers = list(self._observers)
             self.mem.rollback()
 
-    def _run(self, system: System, ops: list[ProgramOp]) -> RunResult:
-        result = RunResult(0)
-        for i, op in enumerate(ops):
-            try:
-                execute(system, op)
-                if system.monitor:
-                    system.monitor.check()
-            except Violation as v:
-                v.step = i
-                result.violation = v
-                break
-            except Exception as e:  # noqa: BLE001 - any other exception is a finding
-                result.violation = Violation(NO_CRASH, {"exception": type(e).__name__,
-                                                        "message": str(e)[:200],
-                                                        "op": op.text()}, i)
-                result.traceback = traceback.format_exc()
-                break
-            finally:
-                result.ops = i + 1
-        result.coverage = _coverage(system)
-        return result
+
+def _checked_step(system: System, op: ProgramOp) -> None:
+    execute(system, op)
+    if system.monitor:
+        system.monitor.check()
 
 
 def _coverage(system: System) -> set[str]:

@@ -111,7 +111,7 @@ def test_no_crash_signature_is_exception_and_top_project_frames(runner, monkeypa
     finding = classify(runner.run(parse(f"ats device=0x4 iova={DMA_IOVA:#x} flags=0x0 ssid=0x0")))
     assert finding.invariant == "no-crash"
     assert finding.signature == ("no-crash:ZeroDivisionError:"
-                                 "fuzz.runner._ats>fuzz.runner.execute>fuzz.runner._run")
+                                 "fuzz.runner._ats>fuzz.runner.execute>fuzz.runner._checked_step")
     assert "planted" in finding.traceback
 
 
