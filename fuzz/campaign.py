@@ -101,7 +101,7 @@ class CampaignOptions:
     z3: bool = True
     libfuzzer_args: tuple[str, ...] = ()
     progress: TextIO | None = None  # where the live line goes (None: nowhere)
-    plant: str | None = None  # TEST ONLY: MODULE:FUNC, see fuzz/harness.py
+    plant: str | None = None  # BENCHMARKS AND TESTS ONLY: fuzz/plants.py names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

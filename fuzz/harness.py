@@ -20,19 +20,21 @@ children (which re-execute the script with libFuzzer flags only) inherit them;
                          with a known signature does not stop the fuzzer again
                          (re-read when the file changes)
   VSMMU_FUZZ_PROGRESS=1  print `vsmmu-progress execs=N` on stderr every 2 s
-  VSMMU_FUZZ_PLANT       MODULE:FUNC, a context manager entered for the whole
-                         process: TEST ONLY, plants a known bug so tests can
-                         check that a campaign finds it (tests/plants.py)
+  VSMMU_FUZZ_PLANT       planted bugs (fuzz/plants.py names, comma-separated),
+                         patched in for the whole process: BENCHMARKS AND TESTS
+                         ONLY, so that they can check a campaign finds them
+  VSMMU_FUZZ_MUTATOR=plain  libFuzzer's own byte-level mutation only, no
+                         structure-aware mutator or crossover (a baseline of
+                         `vsmmu bench bugs`)
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 
 from .mutate import BIASES, Bias, Hints, Mutator, hints_from
@@ -58,6 +60,7 @@ class Settings:
     known: str | None = None
     progress: bool = False
     plant: str | None = None
+    plain: bool = False  # no structure-aware mutator (a baseline)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -67,13 +70,15 @@ class Settings:
                    z3=env.get("VSMMU_FUZZ_Z3", "1") != "0",
                    known=env.get("VSMMU_FUZZ_KNOWN") or None,
                    progress=env.get("VSMMU_FUZZ_PROGRESS") == "1",
-                   plant=env.get("VSMMU_FUZZ_PLANT") or None)
+                   plant=env.get("VSMMU_FUZZ_PLANT") or None,
+                   plain=env.get("VSMMU_FUZZ_MUTATOR") == "plain")
 
     def env(self) -> dict[str, str]:
         """The environment variables that give these settings to a harness."""
         out = {"VSMMU_FUZZ_MONITOR": "1" if self.monitor else "0",
                "VSMMU_FUZZ_Z3": "1" if self.z3 else "0",
-               "VSMMU_FUZZ_PROGRESS": "1" if self.progress else "0"}
+               "VSMMU_FUZZ_PROGRESS": "1" if self.progress else "0",
+               "VSMMU_FUZZ_MUTATOR": "plain" if self.plain else "structured"}
         for name, value in (("PLATFORM", self.platform), ("KNOWN", self.known),
                             ("PLANT", self.plant)):
             if value:
@@ -105,15 +110,13 @@ def finding_signature(result: RunResult) -> str | None:
     return None if v is None else signature(v, result.traceback)
 
 
-@contextmanager
-def planted(spec: str | None) -> Iterator[None]:
-    """Enter the context manager MODULE:FUNC() names (nothing when `spec` is empty)."""
-    if not spec:
-        yield
-        return
-    module, _, func = spec.partition(":")
-    with getattr(importlib.import_module(module), func)():
-        yield
+def planted(names: str | None) -> AbstractContextManager[None]:
+    """The planted bugs `names` (comma-separated; nothing when empty) as one context."""
+    if not names:
+        return nullcontext()
+    from .plants import planted as enter  # benchmark code: imported only when asked for
+
+    return enter(names)
 
 
 class Harness:
@@ -167,9 +170,11 @@ def main(target: str, bias: Bias | None = None, argv: list[str] | None = None) -
     stack.enter_context(planted(settings.plant))
     runner = make_runner(target, settings)
     harness = Harness(runner, settings.known, settings.progress)
-    # atheris.Mutate is looked up at each call: atheris swaps it in when fuzzing starts.
-    mutator = Mutator(runner_hints(runner), bias or BIASES[target],
-                      lambda data, max_size: atheris.Mutate(data, max_size))
-    atheris.Setup(sys.argv if argv is None else argv, harness,
-                  custom_mutator=mutator.mutate, custom_crossover=mutator.crossover)
+    hooks = {}
+    if not settings.plain:
+        # atheris.Mutate is looked up at each call: atheris swaps it in when fuzzing starts.
+        mutator = Mutator(runner_hints(runner), bias or BIASES[target],
+                          lambda data, max_size: atheris.Mutate(data, max_size))
+        hooks = dict(custom_mutator=mutator.mutate, custom_crossover=mutator.crossover)
+    atheris.Setup(sys.argv if argv is None else argv, harness, **hooks)
     atheris.Fuzz()

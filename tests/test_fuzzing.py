@@ -1,6 +1,6 @@
 """Structure-aware fuzzing: the mutator and crossover, the dictionary, the physical
 SMMU checks, the harness scripts under libFuzzer, and campaigns (clean, and against
-a model with a bug planted at run time by tests/plants.py)."""
+a model with a bug planted at run time by fuzz/plants.py)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ from vsmmu.memory import PAGE_SIZE
 from vsmmu.smmu import Smmu
 
 HARNESSES = Path(campaign.__file__).with_name("harnesses")
-TESTS = Path(__file__).parent
 
 # nic0 caches the translation of its DMA buffer; the hypervisor balloons the page to g1.
 _PAGE = (boot(monitor=False).domains["nic0"].table.translate(DMA_IOVA) - GUEST_RAM) // PAGE_SIZE
@@ -228,9 +227,8 @@ def test_clean_campaign_and_json_shape(tmp_path):
     assert "CFGI_STE" in out["coverage"]["commands (guest)"]
 
 
-def test_campaign_finds_a_planted_bug_and_resumes(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # the harness imports tests/plants.py
-    options = _options(tmp_path, _seeds(tmp_path, STALE_TLB), plant="plants:forgotten_tlbi")
+def test_campaign_finds_a_planted_bug_and_resumes(tmp_path):
+    options = _options(tmp_path, _seeds(tmp_path, STALE_TLB), plant="forgotten-tlbi")
     result = run_campaign(options)
     assert result.errors == [] and result.exit_code == 1
     [finding] = result.findings
