@@ -10,11 +10,12 @@ afternoon with Hypothesis.  Generation only (no shrinking: the benchmark
 measures time to the first failure), 50 steps per example (Hypothesis's
 default), no example database.
 
-    python -m fuzz.baseline_hypothesis TARGET SEED [--plant NAME] [--no-z3]
+    python -m fuzz.baseline_hypothesis TARGET SEED
 
-runs until the first violation and prints `FOUND <seconds> <signature>` on
-stdout (seconds since the process started), or runs forever: the benchmark
-kills it at its budget.
+takes its settings (planted bugs, Z3) from the environment as a harness does
+(fuzz/harness.py: VSMMU_FUZZ_PLANT, VSMMU_FUZZ_Z3), runs until the first
+violation and prints `FOUND <seconds> <signature>` on stdout (seconds since
+the process started), or runs forever: the benchmark kills it at its budget.
 """
 
 from __future__ import annotations
@@ -74,16 +75,16 @@ def machine(runner) -> type[RuleBasedStateMachine]:
                 {"__init__": __init__, "teardown": teardown, **body})
 
 
-def hunt(target: str, seed: int, *, plant: str | None = None, z3: bool = True) -> str:
+def hunt(target: str, seed: int, config: Settings) -> str:
     """Generate programs until one violates an invariant; returns its signature."""
     random.seed(seed)  # Hypothesis draws its own seed from the global generator
-    config = settings(max_examples=10**9, stateful_step_count=STEPS, deadline=None,
+    generation = settings(max_examples=10**9, stateful_step_count=STEPS, deadline=None,
                       database=None, phases=[Phase.generate], derandomize=False,
                       suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
-    with planted(plant):
-        program = machine(make_runner(target, Settings(z3=z3)))
+    with planted(config.plant):
+        program = machine(make_runner(target, config))
         try:
-            run_state_machine_as_test(program, settings=config)
+            run_state_machine_as_test(program, settings=generation)
         except Found as found:
             return str(found)
     raise AssertionError("Hypothesis stopped without a finding")  # max_examples is huge
@@ -93,10 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fuzz.baseline_hypothesis")
     parser.add_argument("target", choices=TARGETS)
     parser.add_argument("seed", type=int)
-    parser.add_argument("--plant", help="planted bugs (fuzz/plants.py names)")
-    parser.add_argument("--no-z3", action="store_true")
     args = parser.parse_args(argv)
-    found = hunt(args.target, args.seed, plant=args.plant, z3=not args.no_z3)
+    found = hunt(args.target, args.seed, Settings.from_env())
     print(f"FOUND {time.monotonic() - START:.3f} {found}", flush=True)
     return 1
 

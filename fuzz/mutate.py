@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from vsmmu.driver import DEFAULT_MAIR
 from vsmmu.fields import Field, Layout, deposit, extract
-from vsmmu.hypervisor import GUEST_RAM, MSI_WINDOW
+from vsmmu.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW
 from vsmmu.layouts import CD, CMD_ANY, COMMANDS, REGISTERS, S1_DESC, STE, Config
 from vsmmu.layouts import Op as Opcode
 from vsmmu.memory import PAGE_SIZE
@@ -66,6 +66,9 @@ class Hints:
     vmids: tuple[int, ...] = (1, 2)
     iovas: tuple[int, ...] = (DMA_IOVA, MSI_WINDOW[0])
     ipas: tuple[int, ...] = (GUEST_RAM,)  # where the structures the SMMUs read live
+    # Host physical addresses (guest RAM, stage-2 tables): a guest pointer holding
+    # one finds the bugs that use an IPA as a PA.
+    pas: tuple[int, ...] = ()
     pages: tuple[int, ...] = tuple(range(0x30))  # RAM page indexes (from GUEST_RAM)
     dma_pages: tuple[int, ...] = ()  # the pages behind the devices' DMA buffers
     # (device index, guest slot, RAM page index behind DMA_IOVA) per assigned device
@@ -104,8 +107,12 @@ def hints_from(system) -> Hints:
         vsids=tuple(sorted({vsid for _, vsid in hyp.assigned.values()})) or (0,),
         asids=tuple(sorted({dom.asid for dom in system.domains.values()})) or (1,),
         vmids=tuple(sorted(g.vmid for g in hyp.guests.values())) or (1,),
-        iovas=(DMA_IOVA, DMA_IOVA + DMA_BUF - PAGE_SIZE, MSI_WINDOW[0]),
+        # ... and just past the guest's IPA space, where stage 2 must fault
+        iovas=(DMA_IOVA, DMA_IOVA + DMA_BUF - PAGE_SIZE, MSI_WINDOW[0], 1 << IPA_BITS,
+               1 << IPA_BITS | GUEST_RAM),
         ipas=tuple(sorted(ipas)),
+        pas=tuple(sorted({pa for g in hyp.guests.values()
+                          for pa in (g.s2.ttb, *sorted(g.pages.values())[:1])})),
         pages=tuple(sorted({(ipa - GUEST_RAM) // PAGE_SIZE for ipa in ipas if ipa >= GUEST_RAM})),
         dma_pages=tuple(sorted(dma_pages)),
         buffers=tuple(sorted(buffers)),
@@ -168,7 +175,7 @@ def _hinted(f: Field, hints: Hints) -> list[int]:
     """Raw values of a field a person would try first, by the field's name."""
     name = f.name
     if f.addr_lo is not None:
-        return [_address(f, a) for a in (*hints.ipas, *hints.iovas, 0)]
+        return [_address(f, a) for a in (*hints.ipas, *hints.pas, *hints.iovas, 0)]
     if name in ("SID", "STAG"):
         return list(hints.vsids)
     if name in ("VMID", "S2VMID"):

@@ -285,9 +285,11 @@ def _check_rings(smmu: Smmu, before: dict[str, _Ring | int | None]) -> None:
         raise Violation(QUEUE_PROTOCOL, dict(queue="cmdq", problem="moved while CMDQ_ERR",
                                              cons_before=cmdq_before.cons,
                                              cons_after=cmdq_after.cons))
-    for q in ("CMDQ", "EVENTQ"):
+    for q, smmu_side in (("CMDQ", "cons"), ("EVENTQ", "prod")):
         old, new = before.get(q), after.get(q)
+        # Only the SMMU's own pointer is its responsibility (software may write the other).
         if (isinstance(old, _Ring) and isinstance(new, _Ring) and old.log2 == new.log2
+                and getattr(old, smmu_side) != getattr(new, smmu_side)
                 and old.distance <= 1 << old.log2 < new.distance):
             raise Violation(QUEUE_PROTOCOL, dict(queue=q.lower(), problem="overrun",
                                                  prod=new.prod, cons=new.cons, log2=new.log2))
@@ -301,17 +303,28 @@ def _illegal(word: int) -> bool:
 
 
 def _push(rig: Rig, *words: int) -> None:
-    """The driver queues commands; an illegal one on a running queue must stop it."""
-    running = _field(rig.smmu, "CR0ACK", "CMDQEN") and not _cmdq_error(rig.smmu)
+    """The driver queues commands; the SMMU must not consume an illegal one
+    without stopping on it.  What it consumed is read back from the registers
+    (CONS before and after) and the queue memory they point at."""
+    before = _rings(rig.smmu)
     try:
         rig.drv.submit(*words)
     except GUEST_ERRORS:
         return
-    ring = _rings(rig.smmu).get("CMDQ")
-    if (running and any(map(_illegal, words)) and not _cmdq_error(rig.smmu)
-            and isinstance(ring, _Ring) and ring.distance == 0):
-        raise Violation(QUEUE_PROTOCOL, dict(queue="cmdq", problem="illegal command consumed",
-                                             command=words[0]))
+    after = _rings(rig.smmu)
+    old, new = before.get("CMDQ"), after.get("CMDQ")
+    if (before["cmdq_error"] is not None or after["cmdq_error"] is not None
+            or not isinstance(old, _Ring) or not isinstance(new, _Ring) or old.log2 != new.log2
+            or old.distance + len(words) >= 1 << old.log2):  # a slot may be reused: unsure
+        return
+    mask, entries = (2 << old.log2) - 1, 1 << old.log2
+    base = _field(rig.smmu, "CMDQ_BASE", "ADDR") & ~((16 << old.log2) - 1)
+    for k in range(((new.cons & mask) - (old.cons & mask)) & mask):
+        slot = base + ((old.cons + k) & (entries - 1)) * 16
+        word = rig.mem.read_int(slot, 16)
+        if _illegal(word):
+            raise Violation(QUEUE_PROTOCOL, dict(queue="cmdq", problem="illegal command consumed",
+                                                 command=word, slot=slot))
 
 
 # ------------------------------------------------------------ the runner

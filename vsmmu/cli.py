@@ -116,6 +116,7 @@ DELEGATED = (
      "embedded platform, all invariants, 60 s)"),
     ("triage", "triage", "replay, classify, group and minimize crash inputs"),
     ("diff-qemu", "differential", "differential test of the SMMUv3 model against QEMU's"),
+    ("bench", "bench", "benchmarks: planted bugs found (ours vs baselines), speed"),
 )
 
 

@@ -1,0 +1,95 @@
+"""`vsmmu bench speed`: the JSON shape scripts rely on and the text tables.
+Shapes and signs only: timings are never asserted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from fuzz import bench_speed
+
+TARGETS = ("system", "smmu")
+MODES = ["off", "concrete", "concrete+z3"]
+
+
+@pytest.fixture(scope="module")
+def result():
+    return bench_speed.measure(quick=True, targets=TARGETS)
+
+
+def positive(x) -> bool:
+    return isinstance(x, float) and x > 0
+
+
+def test_shape(result):
+    assert list(result) == ["harness", "translate", "z3_state_check", "proofs",
+                            "monitor_step", "machine"]
+    assert json.loads(json.dumps(result)) == result
+
+    assert [(r["target"], r["mode"]) for r in result["harness"]] == [
+        (t, m) for t in TARGETS for m in MODES]
+    for r in result["harness"]:
+        assert set(r) == {"target", "mode", "execs_per_s", "plain_execs_per_s"}
+        assert r["execs_per_s"] is None  # quick: no libFuzzer run
+        assert positive(r["plain_execs_per_s"])
+
+    assert [t["case"] for t in result["translate"]] == [
+        "tlb-hit", "s1-4level-walk", "nested-walk"]
+    for t in result["translate"]:
+        assert set(t) == {"case", "per_s", "us", "ratio_to_hit"}
+        assert all(positive(t[k]) for k in ("per_s", "us", "ratio_to_hit"))
+    assert result["translate"][0]["ratio_to_hit"] == 1.0
+
+    assert [z["mappings"] for z in result["z3_state_check"]] == [16, 128, 512]
+    assert all(set(z) == {"mappings", "ms"} and positive(z["ms"])
+               for z in result["z3_state_check"])
+
+    assert result["proofs"]
+    for p in result["proofs"]:
+        assert set(p) == {"property", "subject", "result", "ms"}
+        assert p["result"] == "proved", p
+        assert positive(p["ms"])
+    assert {"event-confinement", "s2-authority", "cmd-confinement"} <= {
+        p["property"] for p in result["proofs"]}
+
+    assert [s["mode"] for s in result["monitor_step"]] == MODES
+    for s in result["monitor_step"]:
+        assert set(s) == {"mode", "us", "ratio"}
+        assert positive(s["us"]) and positive(s["ratio"])
+    assert result["monitor_step"][0]["ratio"] == 1.0
+
+    machine = result["machine"]
+    assert machine["python"].startswith("3.") and machine["cpus"] >= 1
+
+
+def test_format_text(result):
+    text = bench_speed.format_text(result)
+    for title in ("fuzz harness throughput", "translations", "invariant monitor",
+                  "Z3 state check", "universal proofs"):
+        assert title in text
+    for word in ("system", "smmu", "plain", "tlb-hit", "nested-walk", "concrete+z3",
+                 "512", "s2-authority", "proved"):
+        assert word in text
+    assert "libFuzzer" not in text.split("translations")[0]  # not measured: no row
+
+
+def test_format_text_with_libfuzzer_figures(result):
+    rows = [dict(r, execs_per_s=r["plain_execs_per_s"] / 3) for r in result["harness"]]
+    text = bench_speed.format_text(dict(result, harness=rows))
+    assert text.count("libFuzzer") == len(TARGETS)
+
+
+def test_main_json_is_clean_stdout(monkeypatch, capsys, result):
+    monkeypatch.setattr(bench_speed, "measure", lambda *, quick, progress: (
+        progress("something"), result)[1])
+    parser = argparse.ArgumentParser()
+    bench_speed.add_arguments(parser)
+    assert bench_speed.main(parser.parse_args(["--json", "--quick"])) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == result
+    assert "something" in err
+    assert bench_speed.main(parser.parse_args([])) == 0
+    out, _ = capsys.readouterr()
+    assert out.strip() == bench_speed.format_text(result)
