@@ -30,10 +30,23 @@ from vsmmu.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW
 from vsmmu.layouts import REG, REGISTERS, STE, Config
 from vsmmu.layouts import Op as Opcode
 from vsmmu.memory import PAGE_SIZE
+from vsmmu.virtio_iommu import map_req, probe_req, unmap_req
 
 from .harness import TARGETS
 from .program import OP_BY_NAME, Op, encode, parse, to_text
-from .runner import ATOMIC, DMA_BUF, DMA_IOVA, PRIV, SSV, TRANSLATED, System, W, boot, execute
+from .runner import (
+    ATOMIC,
+    DMA_BUF,
+    DMA_IOVA,
+    PRIV,
+    SSV,
+    TRANSLATED,
+    System,
+    W,
+    boot,
+    execute,
+    fuzz_platform,
+)
 
 MAX_SEED_BYTES = 1024
 
@@ -46,9 +59,9 @@ def _reg(name: str) -> int:
 class SeedBuilder:
     """One seed program, built by running it on a booted fuzzing platform."""
 
-    def __init__(self, name: str, doc: str):
+    def __init__(self, name: str, doc: str, viommu: str = "smmuv3"):
         self.name, self.doc = name, doc
-        self.system: System = boot(monitor=False)
+        self.system: System = boot(fuzz_platform(viommu), monitor=False)
         self.ops: list[Op] = []
 
     # ------------------------------------------------------------ names
@@ -325,9 +338,78 @@ def _vsmmu_disable() -> SeedBuilder:
     return b
 
 
+# ------------------------------------------------------------ virtio-iommu guests
+def _viommu_boot_page(b: SeedBuilder, device: str) -> int:
+    """The guest RAM page behind a device's boot DMA buffer (its MAP at DMA_IOVA)."""
+    guest = b.system.hyp.guests[b.system.hyp.assigned[device][0]]
+    [m] = [m for m in guest.viommu.mappings(b.system.domains[device].id)
+           if m.virt_start == DMA_IOVA]
+    return (m.phys_start - GUEST_RAM) // PAGE_SIZE
+
+
+def _viommu_map_unmap() -> SeedBuilder:
+    b = SeedBuilder("viommu-map-unmap", "a virtio-iommu guest maps two more pages for its "
+                    "device, which DMAs through them; it unmaps them, the device faults and "
+                    "the guest reads the fault event", "virtio")
+    page, domain = _viommu_boot_page(b, "nic0"), b.system.domains["nic0"].id
+    b.op(f"viommu_map guest=0 domain={domain} iova=0x20000000 pages=1 page={page:#x} flags=0x3")
+    b.dma("nic0", 0x2000_1000, 8, W)
+    b.op(f"viommu_unmap guest=0 domain={domain} iova=0x20000000 pages=1")
+    b.dma("nic0", 0x2000_1000, 8, W)
+    b.op("events guest=0 smmu=0")
+    return b
+
+
+def _viommu_domains() -> SeedBuilder:
+    b = SeedBuilder("viommu-domains", "a virtio-iommu guest moves its device to a new domain "
+                    "(no mappings: DMA faults), to a bypass domain, detaches it (DMA aborted), "
+                    "then turns the device's bypass for unattached endpoints on", "virtio")
+    device = b.device("nic0")
+    b.op(f"viommu_attach guest=0 device={device} domain=5 flags=0x0")
+    b.dma("nic0", DMA_IOVA, 8, W)
+    b.op(f"viommu_attach guest=0 device={device} domain=6 flags=0x1")
+    b.dma("nic0", GUEST_RAM, 8, W)
+    b.op(f"viommu_attach guest=0 device={device} domain=6 flags=0x2")
+    b.dma("nic0", GUEST_RAM, 8, W)
+    b.op("viommu_config guest=0 bypass=1 features=0x0")
+    b.dma("nic0", GUEST_RAM, 8, W)
+    return b
+
+
+def _viommu_hyp() -> SeedBuilder:
+    b = SeedBuilder("viommu-hyp", "the hypervisor unmaps, then balloons to the other guest, "
+                    "pages a virtio-iommu guest has mapped for DMA: the composed mappings go "
+                    "first, the device's DMA faults", "virtio")
+    page = _viommu_boot_page(b, "nic0")
+    b.dma("nic0", DMA_IOVA, 8, W)
+    b.op(f"s2_unmap guest=0 page={page:#x}")
+    b.dma("nic0", DMA_IOVA, 8, W)
+    b.op(f"reassign guest=0 page={page + 1:#x} dst=1 dst_page=0")
+    b.dma("nic0", DMA_IOVA + PAGE_SIZE, 8, W)
+    b.op("events guest=0 smmu=0")
+    return b
+
+
+def _viommu_requests() -> SeedBuilder:
+    b = SeedBuilder("viommu-requests", "raw virtio-iommu requests: PROBE of an endpoint, an "
+                    "UNMAP that would split a mapping (RANGE, nothing removed), a MAP over the "
+                    "MSI reserved region (INVAL), a MAP with a reserved flag", "virtio")
+    page, domain = _viommu_boot_page(b, "nic0"), b.system.domains["nic0"].id
+    for req, in_len in (
+            (probe_req(b.system.hyp.assigned["nic0"][1]), 516),
+            (unmap_req(domain, DMA_IOVA, DMA_IOVA + PAGE_SIZE - 1), 4),
+            (map_req(domain, MSI_WINDOW[0], MSI_WINDOW[0] + PAGE_SIZE - 1, GUEST_RAM, 3), 4),
+            (map_req(domain, 0x3000_0000, 0x3000_0FFF, GUEST_RAM + page * PAGE_SIZE, 0x13), 4)):
+        b.op(f"viommu_req guest=0 req={req.ljust(72, bytes(1)).hex()} len={len(req)} "
+             f"in_len={in_len}")
+    b.dma("nic0", DMA_IOVA + PAGE_SIZE, 8, W)
+    return b
+
+
 SEEDS: tuple[Callable[[], SeedBuilder], ...] = (
     _dma_boot_buffer, _map_unmap, _reattach, _sync_msi, _event_service, _pte_rewrite,
     _hyp_unmap_reassign, _hyp_assign, _ats, _vsmmu_disable,
+    _viommu_map_unmap, _viommu_domains, _viommu_hyp, _viommu_requests,
 )
 
 # Which seeds each harness target starts from.  The smmu target's harness reads
@@ -338,6 +420,7 @@ TARGET_SEEDS: dict[str, tuple[str, ...]] = {
     "vste": ("reattach", "event-service", "hyp-assign", "ats", "vsmmu-disable"),
     "command": ("map-unmap", "reattach", "sync-msi", "pte-rewrite", "ats"),
     "smmu": ("dma-boot-buffer", "event-service"),
+    "virtio-iommu": ("viommu-map-unmap", "viommu-domains", "viommu-hyp", "viommu-requests"),
 }
 
 

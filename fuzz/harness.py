@@ -40,10 +40,10 @@ from dataclasses import dataclass
 from .mutate import BIASES, Bias, Hints, Mutator, hints_from
 from .physical import PhysicalRunner
 from .program import decode
-from .runner import Runner, RunResult
+from .runner import Runner, RunResult, fuzz_platform
 from .triage import signature
 
-TARGETS = ("system", "vste", "command", "smmu")
+TARGETS = ("system", "vste", "command", "smmu", "virtio-iommu")
 PROGRESS_EVERY = 2.0  # seconds between progress lines
 PROGRESS_PREFIX = "vsmmu-progress execs="
 
@@ -96,6 +96,8 @@ def make_runner(target: str, settings: Settings = Settings()) -> Runner | Physic
         from vsmmu.platform import load_platform
 
         platform = load_platform(settings.platform)
+    elif target == "virtio-iommu":
+        platform = fuzz_platform("virtio")
     return Runner(platform, monitor=settings.monitor, z3=settings.z3)
 
 

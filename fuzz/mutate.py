@@ -42,6 +42,17 @@ from vsmmu.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW
 from vsmmu.layouts import CD, CMD_ANY, COMMANDS, REGISTERS, S1_DESC, STE, Config
 from vsmmu.layouts import Op as Opcode
 from vsmmu.memory import PAGE_SIZE
+from vsmmu.virtio_iommu import (
+    ATTACH_F_BYPASS,
+    REQUESTS,
+    ReqType,
+    attach_req,
+    detach_req,
+    map_req,
+    probe_req,
+    size_of,
+    unmap_req,
+)
 
 from .program import GUEST_SLOTS, MAX_OPS, OP_BY_NAME, OPS, Op, Operand, decode, encode
 from .runner import ATOMIC, DMA_BUF, DMA_IOVA, PRIV, SSV, TRANSLATED, W, X
@@ -75,6 +86,17 @@ class Hints:
     buffers: tuple[tuple[int, int, int], ...] = ()
 
 
+def _guest_translate(hyp, device: str, dom, iova: int) -> int | None:
+    """The guest address a device's boot domain maps `iova` to, as the guest set it."""
+    if hasattr(dom, "table"):
+        return dom.table.translate(iova)
+    viommu = hyp.guests[hyp.assigned[device][0]].viommu
+    for m in viommu.mappings(dom.id):
+        if m.virt_start <= iova <= m.virt_end:
+            return m.phys_start + iova - m.virt_start
+    return None
+
+
 def hints_from(system) -> Hints:
     """Hints for a booted `runner.System`: its guests, streams and the guest IPAs
     of every table, queue and DMA buffer the boot left behind."""
@@ -88,13 +110,14 @@ def hints_from(system) -> Hints:
             ipas |= {drv._strtab.base, drv._cmdq.base, drv._evtq.base}
             ipas |= {table.ptr for table in drv._cd_tables.values()}
     for device, dom in system.domains.items():
-        ipas.add(dom.table.ttb)
+        if hasattr(dom, "table"):  # a stage-1 domain (a virtio-iommu one has no guest table)
+            ipas.add(dom.table.ttb)
         for iova in range(DMA_IOVA, DMA_IOVA + DMA_BUF, PAGE_SIZE):
-            buffer = dom.table.translate(iova)
+            buffer = _guest_translate(hyp, device, dom, iova)
             if buffer is not None:
                 ipas.add(buffer)
                 dma_pages.add((buffer - GUEST_RAM) // PAGE_SIZE)
-        first = dom.table.translate(DMA_IOVA)
+        first = _guest_translate(hyp, device, dom, DMA_IOVA)
         guest = hyp.assigned.get(device, ("",))[0]
         if first is not None and guest[1:].isdigit():
             buffers.append((devices.index(device), int(guest[1:]),
@@ -105,7 +128,8 @@ def hints_from(system) -> Hints:
         smmus=len(hyp.smmus),
         devices=len(hyp.devices),
         vsids=tuple(sorted({vsid for _, vsid in hyp.assigned.values()})) or (0,),
-        asids=tuple(sorted({dom.asid for dom in system.domains.values()})) or (1,),
+        asids=tuple(sorted({dom.asid for dom in system.domains.values()
+                            if hasattr(dom, "asid")})) or (1,),
         vmids=tuple(sorted(g.vmid for g in hyp.guests.values())) or (1,),
         # ... and just past the guest's IPA space, where stage 2 must fault
         iovas=(DMA_IOVA, DMA_IOVA + DMA_BUF - PAGE_SIZE, MSI_WINDOW[0], 1 << IPA_BITS,
@@ -144,7 +168,12 @@ COMMAND = Bias({"cmd": 30, "dma": 20, "cmd_burst": 8, "pte": 5, "events": 5, "re
 SMMU = Bias({"dma": 20, "vste": 15, "cmd": 15, "cd": 10, "pte": 10, "mmio_write": 8, "ats": 5,
              "mem": 5, "cmd_burst": 3, "step": 3, "events": 3, "recover": 3, "s2_unmap": 2,
              "s2_map": 2, "deassign": 1, "assign": 1, "destroy": 1, "create": 1})
-BIASES = {"system": SYSTEM, "vste": VSTE, "command": COMMAND, "smmu": SMMU}
+VIRTIO = Bias({"viommu_map": 15, "viommu_unmap": 12, "dma": 15, "viommu_req": 12,
+               "viommu_attach": 8, "viommu_config": 3, "s2_unmap": 4, "reassign": 4,
+               "events": 3, "s2_map": 2, "assign": 2, "deassign": 2, "destroy": 1,
+               "create": 1, "step": 1})
+BIASES = {"system": SYSTEM, "vste": VSTE, "command": COMMAND, "smmu": SMMU,
+          "virtio-iommu": VIRTIO}
 
 
 # ------------------------------------------------------------ layout words
@@ -186,6 +215,15 @@ def _hinted(f: Field, hints: Hints) -> list[int]:
         return [0, 1]
     if name == "OP":
         return [op.value for op in Opcode]
+    # virtio-iommu requests (byte-struct fields: no addr_lo)
+    if name == "phys_start":
+        return [*hints.ipas, *hints.pas, GUEST_RAM]
+    if name in ("virt_start", "virt_end"):
+        return [*hints.iovas, *(a + PAGE_SIZE - 1 for a in hints.iovas)]
+    if name == "domain":
+        return [1, 2, 3, 0]
+    if name == "endpoint":
+        return list(hints.vsids)
     if f.values:
         return list(f.values)
     return []
@@ -238,6 +276,8 @@ def word_layout(op: Op, operand: Operand, value: int | bytes) -> Layout | None:
         return S1_DESC
     if name == "mmio_write" and operand.name == "value":
         return REGISTERS[op.reg % len(REGISTERS)].layout
+    if operand.name == "req":
+        return REQUESTS.get(value[0], REQUESTS[ReqType.MAP])
     return None
 
 
@@ -362,6 +402,25 @@ class Generator:
         near = [base, page, base + r.randrange(DMA_BUF)]
         return self._pick(near, lambda: r.getrandbits(48), 0.1)
 
+    def viommu_request(self) -> bytes:
+        """A virtio-iommu request with meaningful fields (malformed later, by field)."""
+        r, h = self.rng, self.h
+        domain, endpoint = r.choice((1, 1, 2, r.randrange(256))), r.choice(h.vsids)
+        iova = self.iova() & -PAGE_SIZE
+        end = iova + PAGE_SIZE * r.choice((1, 1, 2, 4, r.randrange(1, 64))) - 1
+        kind = r.choice(list(ReqType))
+        if kind == ReqType.ATTACH:
+            return attach_req(domain, endpoint, r.choice((0, 0, ATTACH_F_BYPASS)))
+        if kind == ReqType.DETACH:
+            return detach_req(domain, endpoint)
+        if kind == ReqType.MAP:
+            gpa = GUEST_RAM + PAGE_SIZE * self._pick(h.dma_pages or h.pages,
+                                                      lambda: r.randrange(256))
+            return map_req(domain, iova, end, gpa, r.choice((3, 3, 1, 2, r.randrange(8))))
+        if kind == ReqType.UNMAP:
+            return unmap_req(domain, iova, end)
+        return probe_req(endpoint)
+
     def operand(self, op_name: str, operand: Operand, args: dict) -> int | bytes:
         """A fresh, meaningful value for one operand of an operation."""
         r, name = self.rng, operand.name
@@ -371,6 +430,8 @@ class Generator:
             return CD.to_bytes(self.cd())
         if name == "cmd":
             return self.command().to_bytes(16, "little")
+        if name == "req":
+            return self.viommu_request().ljust(operand.width, b"\0")[: operand.width]
         if name == "data":
             word = self.desc() if r.random() < 0.5 else r.getrandbits(64)
             return word.to_bytes(8, "little")
@@ -406,6 +467,18 @@ class Generator:
                               (60, 35, 5))[0]  # past the vSMMU's per-trap budget, rarely huge
         elif name == "count":  # step: time is cheap to ask for and dear to run
             value = r.choice((0, 0, 1, 2, r.randrange(16)))
+        elif name == "domain":  # virtio-iommu: the few a guest uses, sometimes any
+            value = r.choice((1, 1, 2, 3, 0, r.randrange(256)))
+        elif name == "pages":
+            value = r.choice((0, 0, 1, 3, r.randrange(256)))
+        elif name == "len":  # the whole request, mostly
+            req = args.get("req", b"")
+            whole = size_of(REQUESTS.get(req[0], REQUESTS[ReqType.MAP])) if req else 72
+            value = r.choice((whole, whole, whole - 1, r.randrange(73)))
+        elif name == "in_len":  # the tail; PROBE's properties and tail; anything
+            value = r.choice((4, 4, 516, r.randrange(600)))
+        elif name == "features":  # keep the driver's, or renegotiate some
+            value = r.choice((0, 0, 0x80 | r.randrange(128)))
         else:
             value = r.randrange(min(operand.limit or 256, 256))
         return _fit(operand, value)

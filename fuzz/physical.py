@@ -555,6 +555,13 @@ def _step(rig, op):
         rig.smmu.tick()
 
 
+def _viommu_req(rig, op):
+    pass  # no hypervisor, so no virtio-iommu: the virtio-iommu target fuzzes those
+
+
+_viommu_map = _viommu_unmap = _viommu_attach = _viommu_config = _viommu_req
+
+
 # Every operation of the program format, by name: `_<name>` above (a missing one
 # fails at import, not in a campaign).
 HANDLERS = {spec.name: globals()[f"_{spec.name}"] for spec in OPS}

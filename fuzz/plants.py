@@ -29,6 +29,8 @@ from vsmmu.layouts import STE, CmdError, Config, Event, Op
 from vsmmu.memory import BusError
 from vsmmu.queue import QueueGeometry
 from vsmmu.tlb import Iotlb
+from vsmmu.virtio_backend import VirtioBackend
+from vsmmu.virtio_iommu import REQUESTS, ReqType, Status, VirtioIommu, decode, unmap_req
 
 # smmu-anchors.md §6, by number.
 CLASSES = {
@@ -47,6 +49,9 @@ CLASSES = {
     13: "DoS",
     14: "lifetime",
     15: "GBPA/SMMUEN",
+    # the virtio-iommu issue's own (no reference section: virtio 1.2 §5.13)
+    16: "virtio-iommu request semantics",
+    17: "virtio-iommu mappings composed onto stage 2",
 }
 
 
@@ -339,6 +344,71 @@ def _evtq_wrap_bit():
 def _evtq_overflow_overwrites():
     """A full event queue takes more records, overwriting ones software has not read."""
     with mock.patch.object(frontend, "QueueGeometry", _NeverFullGeometry):
+        yield
+
+
+# ------------------------------------------------------------ virtio-iommu
+class _PagesAsPas(dict):
+    """A guest's page map that answers a GPA it does not have with the GPA itself."""
+
+    def get(self, key, default=None):
+        return super().get(key, key)
+
+
+@_plant("viommu-gpa-unchecked", 17, "virtio-iommu")
+def _viommu_gpa_unchecked():
+    """MAP does not check phys_start against the guest's memory: an unknown GPA is a PA."""
+    correct = VirtioBackend.map
+
+    def map_(self, domain, iova, size, phys, flags):
+        pages, self.guest.pages = self.guest.pages, _PagesAsPas(self.guest.pages)
+        try:
+            return correct(self, domain, iova, size, phys, flags)
+        finally:
+            self.guest.pages = pages
+
+    with mock.patch.object(VirtioBackend, "map", map_):
+        yield
+
+
+@_plant("viommu-unmap-no-tlbi", 17, "virtio-iommu")
+def _viommu_unmap_no_tlbi():
+    """UNMAP removes the composed leaves but completes without invalidating the IOTLB."""
+    correct = VirtioBackend.unmap
+
+    def unmap(self, domain, iova, size):
+        with mock.patch.object(VirtioBackend, "_flush", lambda self, invalidate: None):
+            return correct(self, domain, iova, size)
+
+    with mock.patch.object(VirtioBackend, "unmap", unmap):
+        yield
+
+
+@_plant("viommu-bypass-without-feature", 16, "virtio-iommu")
+def _viommu_bypass_without_feature():
+    """Unattached endpoints get the guest's stage 2 (bypass), negotiated or not."""
+    with mock.patch.object(VirtioBackend, "detach",
+                           lambda self, endpoint, bypass: self._install(endpoint,
+                                                                         self.guest.s2_ste)):
+        yield
+
+
+@_plant("viommu-split-unmap-partial", 16, "virtio-iommu")
+def _viommu_split_unmap_partial():
+    """An UNMAP that would split a mapping removes the mappings it covers whole, then says RANGE."""
+    correct = VirtioIommu._unmap
+
+    def unmap(self, req):
+        status = correct(self, req)
+        dom = self.domains.get(req.domain)
+        if status == Status.RANGE and dom is not None:
+            for m in [m for m in dom.maps.values
+                      if req.virt_start <= m.virt_start and m.virt_end <= req.virt_end]:
+                correct(self, decode(REQUESTS[ReqType.UNMAP],
+                                     unmap_req(req.domain, m.virt_start, m.virt_end)))
+        return status
+
+    with mock.patch.object(VirtioIommu, "_unmap", unmap):
         yield
 
 

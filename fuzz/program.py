@@ -95,6 +95,21 @@ OPS: tuple[OpSpec, ...] = (
     OpSpec("events", (GUEST, SMMU), "guest driver drains its vSMMU event queue"),
     OpSpec("recover", (GUEST, SMMU), "guest driver acknowledges a command-queue error"),
     OpSpec("step", (_u("count", 1, 16),), "time passes: queues make progress"),
+    # virtio-iommu guests (no-ops for a guest with vSMMUs)
+    OpSpec("viommu_req", (GUEST, _raw("req", 72), _u("len", 1, 73), _u("in_len", 2)),
+           "guest sends the first len bytes of req as a virtio-iommu request, with an "
+           "in_len-byte device-writable buffer"),
+    OpSpec("viommu_map", (GUEST, _u("domain", 1), _u("iova", 8), _u("pages", 1), _u("page", 2),
+                          _u("flags", 1, 8)),
+           "guest maps pages+1 pages at iova to its RAM page `page` (flags: 1 read, "
+           "2 write, 4 MMIO)"),
+    OpSpec("viommu_unmap", (GUEST, _u("domain", 1), _u("iova", 8), _u("pages", 2)),
+           "guest unmaps pages+1 pages at iova"),
+    OpSpec("viommu_attach", (GUEST, DEVICE, _u("domain", 1), _u("flags", 1, 4)),
+           "guest attaches a device's endpoint to a domain (flags: 1 bypass domain, "
+           "2 detach instead)"),
+    OpSpec("viommu_config", (GUEST, _u("bypass", 1, 2), _u("features", 1)),
+           "guest writes config bypass; features bit 7: renegotiate bits 0-6 first"),
 )
 OP_BY_NAME = {spec.name: i for i, spec in enumerate(OPS)}
 

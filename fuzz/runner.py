@@ -37,6 +37,15 @@ from vsmmu.layouts import COMMANDS, REGISTERS, Op
 from vsmmu.memory import PAGE_SIZE, BusError
 from vsmmu.pagetable import MappingError
 from vsmmu.platform import GuestSpec, Platform, default_platform
+from vsmmu.virtio_guest import ViommuDomain, ViommuError, VirtioGuestKernel
+from vsmmu.virtio_iommu import (
+    ATTACH_F_BYPASS,
+    U64_MAX,
+    attach_req,
+    detach_req,
+    map_req,
+    unmap_req,
+)
 
 from .program import GUEST_SLOTS, OPS
 from .program import Op as ProgramOp
@@ -45,22 +54,24 @@ DMA_IOVA = 0x1000_0000  # each device's boot domain maps DMA_BUF bytes here
 DMA_BUF = 0x4000
 FUZZ_RAM_MIB = 1  # guests of the fuzzing platform: small, so a run's copy is cheap
 W, X, PRIV, SSV, TRANSLATED, ATOMIC = 1, 2, 4, 8, 16, 32  # dma/ats flags
-GUEST_ERRORS = (DriverTimeout, CommandError, MappingError, OutOfMemory, BusError, FaultError)
+GUEST_ERRORS = (DriverTimeout, CommandError, MappingError, OutOfMemory, BusError, FaultError,
+                ViommuError)
 
 
-def fuzz_platform() -> Platform:
+def fuzz_platform(viommu: str = "smmuv3") -> Platform:
     """The embedded default topology (2 guests x 2 SMMUs, overlapping SIDs) with
-    1 MiB guests: what `vsmmu fuzz` runs when no platform file is given."""
+    1 MiB guests: what `vsmmu fuzz` runs when no platform file is given; with
+    `viommu="virtio"` the guests have a virtio-iommu instead of vSMMUs."""
     p = default_platform()
-    return Platform(p.smmus, tuple(GuestSpec(g.name, FUZZ_RAM_MIB) for g in p.guests),
+    return Platform(p.smmus, tuple(GuestSpec(g.name, FUZZ_RAM_MIB, viommu) for g in p.guests),
                     p.devices)
 
 
 @dataclass
 class System:
     hyp: Hypervisor
-    kernels: dict[str, GuestKernel]
-    domains: dict[str, Domain]  # device -> its boot domain
+    kernels: dict[str, GuestKernel | VirtioGuestKernel]
+    domains: dict[str, Domain | ViommuDomain]  # device -> its boot domain
     monitor: Monitor | None
 
 
@@ -76,7 +87,9 @@ class RunResult:
         return self.violation is None
 
 
-def _kernel(hyp: Hypervisor, name: str) -> GuestKernel:
+def _kernel(hyp: Hypervisor, name: str) -> GuestKernel | VirtioGuestKernel:
+    if hyp.guests[name].viommu is not None:
+        return VirtioGuestKernel(hyp, name)
     kernel = GuestKernel(hyp, name)
     for drv in kernel.drivers.values():
         drv.max_polls = 16  # a fuzzed guest may halt its own queues: don't spin
@@ -199,7 +212,8 @@ def _vsmmu(system: System, slot: int, smmu: int):
     if guest is None:
         return None, None, None
     name = _at(list(system.hyp.smmus), smmu)
-    return guest, name, system.hyp.guests[guest].vsmmus[name]
+    vsmmu = system.hyp.guests[guest].vsmmus.get(name)  # None: a virtio-iommu guest
+    return (guest, name, vsmmu) if vsmmu is not None else (None, None, None)
 
 
 def _device(system: System, index: int) -> str:
@@ -250,7 +264,7 @@ def _own_device(system, slot, index):
 
 def _cd(system, op):
     guest, device = _own_device(system, op.guest, op.device)
-    if guest is None:
+    if guest is None or not system.kernels[guest].drivers:  # no vSMMU: no CDs
         return
     smmu, vsid = system.kernels[guest].vsid(device)
     try:
@@ -265,7 +279,7 @@ def _cd(system, op):
 def _pte(system, op):
     guest, device = _own_device(system, op.guest, op.device)
     dom = system.domains.get(device) if guest else None
-    if dom is None or device not in dom.devices:
+    if not isinstance(dom, Domain) or device not in dom.devices:  # no guest stage 1
         return
     path = dom.table.descriptors(op.iova)
     _, addr, _ = path[min(op.level, len(path) - 1)]
@@ -364,11 +378,16 @@ def _destroy(system, op):
 def _create(system, op):
     name = f"g{op.guest % GUEST_SLOTS}"
     if name not in system.hyp.guests:
-        system.hyp.create_guest(GuestSpec(name, FUZZ_RAM_MIB))
+        kinds = [g.viommu for g in system.hyp.platform.guests] or ["smmuv3"]
+        system.hyp.create_guest(GuestSpec(name, FUZZ_RAM_MIB, kinds[0]))
         system.kernels[name] = _kernel(system.hyp, name)
 
 
 def _events(system, op):
+    kernel = system.kernels.get(_guest(system, op.guest) or "")
+    if isinstance(kernel, VirtioGuestKernel):
+        kernel.events()
+        return
     guest, smmu, vsmmu = _vsmmu(system, op.guest, op.smmu)
     if vsmmu is not None:
         system.kernels[guest].drivers[smmu].events()
@@ -383,6 +402,51 @@ def _recover(system, op):
 def _step(system, op):
     for _ in range(op.count + 1):
         system.hyp.step()
+
+
+def _viommu(system, slot) -> VirtioGuestKernel | None:
+    kernel = system.kernels.get(_guest(system, slot) or "")
+    return kernel if isinstance(kernel, VirtioGuestKernel) else None
+
+
+def _viommu_req(system, op):
+    kernel = _viommu(system, op.guest)
+    if kernel is not None:
+        kernel.dev.process(op.req[: op.len], op.in_len)
+
+
+def _viommu_map(system, op):
+    kernel = _viommu(system, op.guest)
+    if kernel is not None:
+        end = (op.iova + (op.pages + 1) * PAGE_SIZE - 1) & U64_MAX  # wraps: end < start
+        kernel.dev.process(map_req(op.domain, op.iova, end, GUEST_RAM + op.page * PAGE_SIZE,
+                                   op.flags), 4)
+
+
+def _viommu_unmap(system, op):
+    kernel = _viommu(system, op.guest)
+    if kernel is not None:
+        end = (op.iova + (op.pages + 1) * PAGE_SIZE - 1) & U64_MAX
+        kernel.dev.process(unmap_req(op.domain, op.iova, end), 4)
+
+
+def _viommu_attach(system, op):
+    kernel = _viommu(system, op.guest)
+    device = _device(system, op.device)
+    if kernel is None or system.hyp.assigned.get(device, ("",))[0] != kernel.name:
+        return
+    endpoint = kernel.endpoint(device)
+    req = (detach_req(op.domain, endpoint) if op.flags & 2 else
+           attach_req(op.domain, endpoint, ATTACH_F_BYPASS if op.flags & 1 else 0))
+    kernel.dev.process(req, 4)
+
+
+def _viommu_config(system, op):
+    kernel = _viommu(system, op.guest)
+    if kernel is not None:
+        if op.features & 0x80:
+            kernel.dev.negotiate(op.features & 0x7F)
+        kernel.dev.write_config(36, bytes((op.bypass,)))
 
 
 # Every operation of the program format, by name: `_<name>` above (a missing one

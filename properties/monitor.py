@@ -23,7 +23,8 @@ from __future__ import annotations
 from vsmmu.frontend import Initiator
 from vsmmu.hypervisor import IPA_BITS, Guest, Hypervisor
 from vsmmu.layouts import STE, Config
-from vsmmu.memory import HYP, PAGE_SHIFT
+from vsmmu.memory import HYP, PAGE_SHIFT, PAGE_SIZE
+from vsmmu.virtio_iommu import Status
 from vsmmu.virtual import VSmmu
 
 from .predicates import command_confined, event_confined, stage2_authority
@@ -34,13 +35,24 @@ from .violations import (
     HYP_WRITE_CONFINEMENT,
     MSI_CONFINEMENT,
     NO_CROSS_GUEST_DMA,
+    REQUEST_ATOMICITY,
     S2_AUTHORITY,
     TLB_CONTAINMENT,
+    UNMAP_COMPLETION,
     Violation,
 )
 from .z3state import StateResult, check_guest
 
 HYP_VMID = 0  # tags the hypervisor's own stage-1-only streams, never a guest's
+
+
+def _stage2s(guest: Guest) -> list[tuple[int, int]]:
+    """(stage-2 STE, VMID) of each stage 2 that translates for the guest: its own,
+    and those the hypervisor composed for its virtio-iommu domains."""
+    out = [(guest.s2_ste, guest.vmid)]
+    if guest.viommu is not None:
+        out += [(d.ste, d.vmid) for d in guest.viommu.backend.domains.values()]
+    return out
 
 
 class Monitor:
@@ -50,7 +62,7 @@ class Monitor:
         self.found: list[Violation] = []
         self.z3_checks = z3_checks
         self.unknown: list[StateResult] = []  # Z3 could not decide: reported, never a pass
-        self._z3_checked: dict[str, int] = {}  # guest -> stage-2 generation last proved
+        self._z3_checked: dict[str, tuple] = {}  # guest -> stage-2 generations last proved
         self._vsmmu_guest: dict[str, str] = {}  # vSMMU name -> guest
         self._msis_checked = 0
         self._ste_slots: dict[int, tuple[str, int]] = {}  # STE address -> (SMMU, pSID)
@@ -62,6 +74,8 @@ class Monitor:
     # ------------------------------------------------------------- helpers
     def _attach_new_guests(self) -> None:
         for guest in self.hyp.guests.values():
+            if guest.viommu is not None and self._on_request not in guest.viommu.observers:
+                guest.viommu.observers.append(self._on_request)
             for vsmmu in guest.vsmmus.values():
                 if vsmmu.name not in self._vsmmu_guest:
                     self._vsmmu_guest[vsmmu.name] = guest.name
@@ -138,6 +152,13 @@ class Monitor:
             self._violate(EVENT_CONFINEMENT, vsmmu=vsmmu.name, record=out, vsid=vsid,
                           fetch_ipa=fetch_ipa)
 
+    def _on_request(self, viommu, response, before) -> None:
+        """A virtio-iommu request that fails changes nothing (§5.13.6: UNMAP that would
+        split a mapping removes none; a refused MAP maps nothing)."""
+        if response.status != Status.OK and viommu.state() != before:
+            self._violate(REQUEST_ATOMICITY, request=response.req_type,
+                          status=response.status)
+
     # ------------------------------------------------------------ per step
     def check(self) -> None:
         """End of a step: check the state, then raise the first violation seen."""
@@ -146,6 +167,7 @@ class Monitor:
         self._find_ste_slots()
         self._check_stes()
         self._check_caches()
+        self._check_unmaps()
         self._check_msis()
         if self.z3_checks:
             self._check_z3()
@@ -172,7 +194,15 @@ class Monitor:
                 owner = phys.owners.get(dev.sid)
                 guest = guests.get(owner[0]) if owner else None
                 cached = phys.smmu.config_cache.get_ste(dev.sid)
-                for where, word in (("memory", phys.drv.read_ste(dev.sid)),
+                in_memory = phys.drv.read_ste(dev.sid)
+                if guest is not None and guest.viommu is not None:
+                    # A virtio-iommu endpoint's STE is exactly what the device state says.
+                    expected = guest.viommu.backend.expected_ste(guest.viommu, owner[1])
+                    if in_memory != expected:
+                        self._violate(S2_AUTHORITY, smmu=name, sid=dev.sid, guest=guest.name,
+                                      where="memory", ste=STE.format(in_memory),
+                                      expected=STE.format(expected))
+                for where, word in (("memory", in_memory),
                                     ("config cache", cached.word if cached else None)):
                     if word is not None and not self._authority_ok(word, guest):
                         self._violate(S2_AUTHORITY, smmu=name, sid=dev.sid,
@@ -183,10 +213,10 @@ class Monitor:
     def _authority_ok(word: int, guest: Guest | None) -> bool:
         if guest is None:  # unassigned or quarantined: nothing may translate
             return STE.get(word, "V") == 0 or STE.get(word, "CONFIG") == Config.ABORT
-        return stage2_authority(word, guest.s2_ste)
+        return any(stage2_authority(word, s2_ste) for s2_ste, _ in _stage2s(guest))
 
     def _check_caches(self) -> None:
-        by_vmid = {g.vmid: g.name for g in self.hyp.guests.values()}
+        by_vmid = {vmid: g.name for g in self.hyp.guests.values() for _, vmid in _stage2s(g)}
         for name, phys in self.hyp.smmus.items():
             for e in phys.smmu.iotlb.entries():
                 if e.vmid == HYP_VMID:
@@ -213,12 +243,36 @@ class Monitor:
                                       guest=guest, iova=in_base, out=bad[0],
                                       page_owner=bad[1])
 
+    def _check_unmaps(self) -> None:
+        """A completed UNMAP leaves nothing reachable: no leaf in the composed table,
+        no IOTLB entry of the domain's VMID over the range."""
+        for guest in self.hyp.guests.values():
+            if guest.viommu is None:
+                continue
+            backend = guest.viommu.backend
+            done, backend.unmapped = backend.unmapped, []
+            for u in done:
+                dom = backend.domains.get(u.domain)
+                left = [] if dom is None else [
+                    iova for iova in range(u.iova, u.iova + u.size, PAGE_SIZE)
+                    if dom.vmid == u.vmid and dom.table.translate(iova) is not None]
+                cached = [e for phys in self.hyp.smmus.values() for e in phys.smmu.iotlb.entries()
+                          if e.vmid == u.vmid and e.overlaps(u.iova, u.size)]
+                if left or cached:
+                    self._violate(UNMAP_COMPLETION, guest=guest.name, domain=u.domain,
+                                  iova=u.iova, size=u.size,
+                                  still=f"mapped at {left[0]:#x}" if left else
+                                  f"IOTLB {cached[0].in_base:#x}+{cached[0].size:#x}")
+
     def _check_z3(self) -> None:
         """The for-all-addresses checks, for each guest whose stage 2 changed."""
         for guest in self.hyp.guests.values():
-            if self._z3_checked.get(guest.name) == guest.s2_generation:
+            generation = (guest.s2_generation, *(
+                (d.id, d.generation) for d in (guest.viommu.backend.domains.values()
+                                               if guest.viommu else ())))
+            if self._z3_checked.get(guest.name) == generation:
                 continue
-            self._z3_checked[guest.name] = guest.s2_generation
+            self._z3_checked[guest.name] = generation
             for r in check_guest(self.hyp, guest):
                 if r.result == "violated":
                     self._violate(r.property, guest=guest.name, **r.witness)

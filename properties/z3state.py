@@ -214,9 +214,21 @@ def tlb_containment(entries, allowed: list[tuple[int, int]], guest: str = "",
 
 
 def guest_s2_config(guest: Guest) -> S2Config:
-    t = guest.s2
+    return table_s2_config(guest.s2, guest.vmid)
+
+
+def table_s2_config(t, vmid: int) -> S2Config:
     return S2Config(t0sz=t.tsz, sl0=t.sl0, granule=t.granule, ps_bits=48, ttb=t.ttb,
-                    affd=False, vmid=guest.vmid)
+                    affd=False, vmid=vmid)
+
+
+def stage2_tables(guest: Guest) -> list[S2Config]:
+    """Every stage 2 translating for the guest: its own, and the tables the
+    hypervisor composed for its virtio-iommu domains (IOVA -> PA)."""
+    out = [guest_s2_config(guest)]
+    if guest.viommu is not None:
+        out += [table_s2_config(d.table, d.vmid) for d in guest.viommu.backend.domains.values()]
+    return out
 
 
 def allowed_pages(hyp: Hypervisor, guest: Guest) -> list[tuple[int, int]]:
@@ -224,11 +236,11 @@ def allowed_pages(hyp: Hypervisor, guest: Guest) -> list[tuple[int, int]]:
 
 
 def check_guest(hyp: Hypervisor, guest: Guest, timeout_ms: int = TIMEOUT_MS) -> list[StateResult]:
-    """Both state checks for one guest, on the hypervisor's current state."""
+    """Both state checks for one guest (every stage 2 of it), on the current state."""
     allowed = allowed_pages(hyp, guest)
+    configs = stage2_tables(guest)
+    vmids = {c.vmid for c in configs}
     entries = [e for phys in hyp.smmus.values() for e in phys.smmu.iotlb.entries()
-               if e.vmid == guest.vmid]
-    return [
-        s2_containment(hyp.mem, guest_s2_config(guest), allowed, guest.name, timeout_ms),
-        tlb_containment(entries, allowed, guest.name, timeout_ms),
-    ]
+               if e.vmid in vmids]
+    return [*(s2_containment(hyp.mem, c, allowed, guest.name, timeout_ms) for c in configs),
+            tlb_containment(entries, allowed, guest.name, timeout_ms)]

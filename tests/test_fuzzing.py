@@ -18,6 +18,7 @@ import pytest
 
 from fuzz import campaign, dictionary
 from fuzz.campaign import CampaignError, CampaignOptions, merge_corpora, run_campaign
+from fuzz.harness import TARGETS
 from fuzz.mutate import SEPARATOR, Generator, Hints, Mutator, mutate_field
 from fuzz.mutate import SYSTEM as SYSTEM_BIAS
 from fuzz.physical import FAULT_REPORTING, PhysicalRunner
@@ -191,7 +192,7 @@ def test_harness_scripts_run_under_libfuzzer(tmp_path):
              f"-artifact_prefix={work}/", str(work / "corpus")],
             env=_env(VSMMU_FUZZ_Z3="0"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True)
-    assert set(procs) == {"system_fuzzer", "vste_fuzzer", "command_fuzzer", "smmu_fuzzer"}
+    assert set(procs) == {f"{t}_fuzzer" for t in TARGETS}
     for name, proc in procs.items():
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, (name, out[-2000:])

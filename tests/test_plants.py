@@ -11,9 +11,10 @@ from fuzz.harness import make_runner
 from fuzz.physical import STRAY_SID
 from fuzz.plants import CLASSES, PLANTS, planted
 from fuzz.program import parse
-from fuzz.runner import DMA_IOVA, boot
+from fuzz.runner import DMA_IOVA, boot, fuzz_platform
 from vsmmu.hypervisor import GUEST_RAM
 from vsmmu.layouts import COMMANDS, REGISTERS, STE, Config, Op
+from vsmmu.virtio_iommu import map_req
 
 CR0 = REGISTERS.index(next(r for r in REGISTERS if r.name == "CR0"))
 GBPA = REGISTERS.index(next(r for r in REGISTERS if r.name == "GBPA"))
@@ -39,6 +40,13 @@ def _past_g0_start_table() -> int:
     GUEST_RAM: g1's start table follows g0's in the hypervisor's pool."""
     s2 = {name: g.s2 for name, g in boot(monitor=False).hyp.guests.items()}
     return ((s2["g1"].ttb - s2["g0"].ttb) // 8 << 30) + GUEST_RAM
+
+
+def _req(request: bytes) -> str:
+    return request.ljust(72, b"\0").hex()
+
+
+NIC0_DOMAIN = boot(fuzz_platform("virtio"), monitor=False).domains["nic0"].id
 
 
 # The fuzzing platform: devices nic0 (g0), nic1 (g1), hypdma, disk0 (g0) behind
@@ -100,6 +108,23 @@ dma device=0x5 iova={_past_g0_start_table():#x} size=0x3 flags=0x1 ssid=0x0
     "cmdq-errors-ignored": ("cmd guest=0x0 smmu=0x0 cmd=ff" + "00" * 15, "queue-protocol"),
     "evtq-wrap-bit": (_faults(8), "fault-reporting"),
     "evtq-overflow-overwrites": (_faults(9), "queue-protocol"),
+    # virtio-iommu guests: nic0 (device 0) is g0's endpoint, alone in its boot domain
+    "viommu-gpa-unchecked": (f"""\
+viommu_req guest=0x0 req={_req(map_req(NIC0_DOMAIN, 0x3000_0000, 0x3000_0FFF, G1_PAGE_PA, 3))} \
+len=0x24 in_len=0x4
+dma device=0x0 iova=0x30000000 size=0x3 flags=0x1 ssid=0x0
+""", "s2-containment"),
+    "viommu-unmap-no-tlbi": (f"""\
+dma device=0x0 iova={DMA_IOVA:#x} size=0x3 flags=0x1 ssid=0x0
+viommu_unmap guest=0x0 domain={NIC0_DOMAIN:#x} iova={DMA_IOVA:#x} pages=0x3
+""", "unmap-completion"),
+    "viommu-bypass-without-feature": (
+        f"viommu_attach guest=0x0 device=0x0 domain={NIC0_DOMAIN:#x} flags=0x2", "s2-authority"),
+    # the first mapping is covered whole, the boot buffer's would be split
+    "viommu-split-unmap-partial": (f"""\
+viommu_map guest=0x0 domain={NIC0_DOMAIN:#x} iova=0xfff0000 pages=0x0 page=0x0 flags=0x3
+viommu_unmap guest=0x0 domain={NIC0_DOMAIN:#x} iova=0xfff0000 pages=0x10
+""", "request-atomicity"),
 }
 
 

@@ -13,6 +13,11 @@ by the invalidation that removes it before the page or device is reused:
 * guest destruction: all of the above, then TLBI_S12_VMALL; the VMID is
   retired only after that completes on every SMMU.
 
+A guest gets either one vSMMU per physical SMMU or, with `viommu = "virtio"`,
+one virtio-iommu device for all its endpoints (vsmmu/virtio_iommu.py), whose
+mappings vsmmu/virtio_backend.py composes with the guest's stage 2 into
+tables the hypervisor owns; a page taken from the guest leaves those first.
+
 MSIs: each guest has a doorbell page; the guest is told the reserved IOVA
 window (`MSI_WINDOW`), which its stage 1 maps 1:1 to the same IPA and which
 stage 2 maps to that doorbell (the SW_MSI / RMR approach).  A device write
@@ -32,6 +37,9 @@ from .memory import FREE, HYP, PAGE_SIZE, PhysMem
 from .pagetable import IpaView, MappingError, PageTable
 from .platform import DeviceSpec, GuestSpec, Platform, default_platform
 from .smmu import DmaResult, Smmu
+from .virtio_backend import VirtioBackend
+from .virtio_iommu import Config as ViommuConfig
+from .virtio_iommu import FaultReason, ResvRegion, ResvSubtype, ViommuFault, VirtioIommu
 from .virtual import VSmmu
 
 IPA_BITS = 40  # each guest's IPA space; the vSMMU advertises it as its OAS
@@ -41,6 +49,11 @@ HYP_POOL = (0x1000_0000, 0x200_0000)  # stream tables, queues, stage-2 tables
 DOORBELLS = 0x0900_0000  # physical doorbell pages, one per guest slot
 RAM_POOL = 0x1_0000_0000  # guest RAM is carved from here
 MAX_VMID = 1 << 16
+VIRTIO_DOMAINS = 64  # per guest: a guest cannot make the hypervisor's tables grow unbounded
+VIRTIO_MAPPINGS = 4096  # per guest, all domains together
+# Faults a virtio-iommu endpoint's DMA gets from its STE rather than from a mapping.
+_DOMAIN_FAULTS = frozenset({"C_BAD_STE", "F_STREAM_DISABLED", "F_TRANS_FORBIDDEN",
+                            "F_BAD_ATS_TREQ", "F_UUT"})
 
 
 def doorbell_owner(guest: str) -> tuple[str, str]:
@@ -101,6 +114,7 @@ class Guest:
     pages: dict[int, int] = field(default_factory=dict)  # IPA page -> PA page
     ipas: dict[int, int] = field(default_factory=dict)  # PA page -> IPA page (reverse)
     vsmmus: dict[str, VSmmu] = field(default_factory=dict)
+    viommu: VirtioIommu | None = None  # instead of vSMMUs
     s2_generation: int = 0  # bumped by every stage-2 change (for checks that cache)
 
     def add_page(self, ipa: int, pa: int) -> None:
@@ -154,7 +168,9 @@ class Hypervisor:
             self.create_guest(g)
         for d in self.platform.devices:
             if d.guest is not None:
-                self.assign(d.name, d.guest, d.vsid)
+                # A virtio-iommu's endpoint IDs span SMMUs: numbered in assignment order.
+                virtio = self.guests[d.guest].viommu is not None
+                self.assign(d.name, d.guest, None if virtio else d.vsid)
 
     # ------------------------------------------------------------ memory
     def _page(self, owner) -> int:
@@ -193,12 +209,27 @@ class Hypervisor:
                       spec.ram_mib << 20)
         self.guests[spec.name] = guest
         self.map(spec.name, GUEST_RAM, guest.ram)
+        if spec.viommu == "virtio":
+            config = ViommuConfig(page_size_mask=PAGE_SIZE, input_range=(0, (1 << IPA_BITS) - 1),
+                                  domain_range=(0, VIRTIO_DOMAINS - 1))
+            guest.viommu = VirtioIommu({}, VirtioBackend(self, guest, IPA_BITS), config=config,
+                                       max_mappings=VIRTIO_MAPPINGS, max_domains=VIRTIO_DOMAINS)
+            return guest
         for name, phys in self.smmus.items():
             guest.vsmmus[name] = VSmmu(guest, phys, IPA_BITS)
         return guest
 
+    def take_vmid(self) -> int:
+        return self._free_vmids.take()
+
+    def give_vmid(self, vmid: int) -> None:
+        """Retire a VMID: the caller has invalidated everything tagged with it."""
+        self._free_vmids.give(vmid)
+
     def destroy_guest(self, name: str) -> None:
         guest = self.guests[name]
+        if guest.viommu is not None:
+            guest.viommu.system_reset()  # frees its domains (and their VMIDs)
         for dev, (owner, _) in list(self.assigned.items()):
             if owner == name:
                 self.deassign(dev)
@@ -232,6 +263,7 @@ class Hypervisor:
     def unmap(self, guest_name: str, ipa: int, size: int) -> list[int]:
         """Take pages away from a guest; returns their PAs, already free and scrubbed."""
         guest = self.guests[guest_name]
+        self._leaving(guest, [ipa + off for off in range(0, size, PAGE_SIZE)])
         ranges = guest.s2.unmap(ipa, size)
         self._invalidate_s2(guest, ranges)
         freed = []
@@ -252,13 +284,22 @@ class Hypervisor:
         if (dst_ipa % PAGE_SIZE or not 0 <= dst_ipa < 1 << IPA_BITS
                 or target.view.pa_of(dst_ipa) is not None):
             raise ValueError(f"IPA {dst_ipa:#x} of {dst!r} cannot take a page")
-        pa = source.drop_page(ipa)
-        if pa is None:
+        if ipa not in source.pages:
             raise ValueError(f"IPA {ipa:#x} of {src!r} is not backed")
+        self._leaving(source, [ipa])
+        pa = source.drop_page(ipa)
         self._invalidate_s2(source, source.s2.unmap(ipa, PAGE_SIZE))
         self.mem.set_owner(pa, PAGE_SIZE, dst)  # scrubs
         target.add_page(dst_ipa, pa)
         return pa
+
+    @staticmethod
+    def _leaving(guest: Guest, ipas: list[int]) -> None:
+        """Pages about to leave a guest leave its virtio-iommu mappings first."""
+        if guest.viommu is not None:
+            backend = guest.viommu.backend
+            for ipa in ipas:
+                backend.gpa_gone(ipa)
 
     def _invalidate_s2(self, guest: Guest, ranges: list[tuple[int, int]]) -> None:
         ranges = _coalesce(ranges)
@@ -267,17 +308,31 @@ class Hypervisor:
                 phys.drv.tlbi_s2_ipa(start, length, vmid=guest.vmid)
             phys.drv.tlbi_nh_all(guest.vmid)  # combined stage-1+2 entries too
             for psid, (owner, vsid) in phys.owners.items():
-                if owner == guest.name and vsid in guest.vsmmus[phys.name].ats_vsids:
+                if (owner == guest.name and phys.name in guest.vsmmus
+                        and vsid in guest.vsmmus[phys.name].ats_vsids):
                     phys.drv.submit(cmd(Op.ATC_INV, SID=psid, GLOBAL=1, SIZE=52))
             phys.drv.sync()
 
     # ----------------------------------------------------------- devices
     def assign(self, device: str, guest_name: str, vsid: int | None = None) -> int:
-        """Give a device to a guest as vSID `vsid` on its SMMU's vSMMU; returns the vSID."""
+        """Give a device to a guest as vSID `vsid` on its SMMU's vSMMU (or as that
+        endpoint ID on its virtio-iommu); returns the vSID (endpoint ID)."""
         spec = self.devices[device]
         if device in self.assigned:
             raise ValueError(f"device {device!r} is assigned to {self.assigned[device][0]!r}")
-        vsmmu = self.guests[guest_name].vsmmus[spec.smmu]
+        guest = self.guests[guest_name]
+        if guest.viommu is not None:
+            taken = {ep for g, ep in self.assigned.values() if g == guest_name}
+            if vsid is None:
+                vsid = next(v for v in range(1 << 16) if v not in taken)
+            elif vsid in taken:
+                raise ValueError(f"endpoint {vsid:#x} is taken on {guest_name}'s virtio-iommu")
+            self.smmus[spec.smmu].owners[spec.sid] = (guest_name, vsid)
+            self.assigned[device] = (guest_name, vsid)
+            guest.viommu.add_endpoint(vsid, [ResvRegion(MSI_WINDOW[0], sum(MSI_WINDOW) - 1,
+                                                        ResvSubtype.MSI)])
+            return vsid
+        vsmmu = guest.vsmmus[spec.smmu]
         if vsid is None:
             vsid = next(v for v in range(1 << 16) if v not in vsmmu.vsids)
         elif vsid in vsmmu.vsids:
@@ -293,7 +348,11 @@ class Hypervisor:
         spec = self.devices[device]
         guest_name, vsid = self.assigned.pop(device)
         phys = self.smmus[spec.smmu]
-        self.guests[guest_name].vsmmus[spec.smmu].detach(vsid)
+        guest = self.guests[guest_name]
+        if guest.viommu is not None:
+            guest.viommu.remove_endpoint(vsid)
+        else:
+            guest.vsmmus[spec.smmu].detach(vsid)
         del phys.owners[spec.sid]
         phys.drv.write_ste(spec.sid, ste_abort())
         if spec.ats:
@@ -318,7 +377,15 @@ class Hypervisor:
                     self.unrouted.append(fault)
                     continue
                 guest_name, vsid = owner
-                self.guests[guest_name].vsmmus[phys.name].forward(fault.encode(), vsid)
+                guest = self.guests[guest_name]
+                if guest.viommu is None:
+                    guest.vsmmus[phys.name].forward(fault.encode(), vsid)
+                    continue
+                # What virtio-iommu can say: the endpoint, the IOVA, why (never a PA).
+                reason = (FaultReason.DOMAIN if fault.event.name in _DOMAIN_FAULTS
+                          else FaultReason.MAPPING)
+                guest.viommu.report_fault(ViommuFault(
+                    reason, vsid, fault.input_addr, read=fault.rnw, write=not fault.rnw))
 
     def step(self) -> None:
         """Let time pass: budgeted guest command queues continue, hardware catches up."""

@@ -22,6 +22,7 @@ as data only, every key and type checked.  The schema, in TOML::
     [[guest]]
     name = "g0"
     ram_mib = 16                                 # optional, 1..1024
+    viommu = "smmuv3"                            # optional: or "virtio" (virtio-iommu)
     [[device]]
     name = "nic0"
     smmu = "smmu0"
@@ -61,6 +62,7 @@ MAX_DEVICES = 256
 MAX_FILE_BYTES = 1 << 20
 VSID_BITS = 16  # every vSMMU advertises IDR1.SIDSIZE = 16
 RAM_MIB = (1, 1024)
+VIOMMUS = ("smmuv3", "virtio")  # what a guest's virtual IOMMU is
 MAX_PSID = (1 << 32) - 1  # SIDSIZE is at most 32
 NAME_PATTERN = r"[a-z][a-z0-9_-]{0,31}"
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -210,13 +212,18 @@ class SmmuSpec:
 
 @dataclass(frozen=True)
 class GuestSpec:
-    """A guest (VM) and its RAM size."""
+    """A guest (VM), its RAM size, and the virtual IOMMU it is given: a vSMMUv3 per
+    physical SMMU, or one virtio-iommu device for all its endpoints."""
 
     name: str
     ram_mib: int = 16
+    viommu: str = "smmuv3"
 
     def __post_init__(self):
         _check_name("guest", self.name)
+        if self.viommu not in VIOMMUS:
+            raise PlatformError(f"guest {_q(self.name)}: viommu must be one of "
+                                f"{', '.join(VIOMMUS)}, got {self.viommu!r}")
         lo, hi = RAM_MIB
         if not _is_int(self.ram_mib):
             raise PlatformError(f"guest {_q(self.name)}: ram_mib must be an integer, "
@@ -447,7 +454,7 @@ def default_platform() -> Platform:
 _TOP_KEYS = ("smmu", "guest", "device")
 _ENTRY_KEYS = {
     "smmu": (("name",), ("features",)),
-    "guest": (("name",), ("ram_mib",)),
+    "guest": (("name",), ("ram_mib", "viommu")),
     "device": (("name", "smmu", "sid"), ("guest", "vsid", "ats")),
 }
 _LIMITS = {"smmu": MAX_SMMUS, "guest": MAX_GUESTS, "device": MAX_DEVICES}
@@ -519,7 +526,8 @@ def platform_from_dict(data: object) -> Platform:
     guests = []
     for label, e in guest_entries:
         ram = _int(label, e, "ram_mib") if "ram_mib" in e else 16
-        guests.append(GuestSpec(_str(label, e, "name"), ram))
+        viommu = _str(label, e, "viommu") if "viommu" in e else "smmuv3"
+        guests.append(GuestSpec(_str(label, e, "name"), ram, viommu))
     devices = []
     for label, e in device_entries:
         vsid = None if e.get("vsid") is None else _int(label, e, "vsid", hex_ok=True)
@@ -555,7 +563,7 @@ def dump_platform(p: Platform) -> dict:
         devices.append(entry)
     return {
         "smmu": smmus,
-        "guest": [{"name": g.name, "ram_mib": g.ram_mib} for g in p.guests],
+        "guest": [{"name": g.name, "ram_mib": g.ram_mib, "viommu": g.viommu} for g in p.guests],
         "device": devices,
     }
 
