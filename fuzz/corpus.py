@@ -338,6 +338,19 @@ def _vsmmu_disable() -> SeedBuilder:
     return b
 
 
+def _vsmmu_bypass() -> SeedBuilder:
+    b = SeedBuilder("vsmmu-bypass", "a guest sets its vSMMU's GBPA to bypass and turns "
+                    "translation off (Linux's shutdown path without disable_bypass): its "
+                    "device DMAs by IPA, through stage 2 only; then back on")
+    cr0, gbpa = REG["CR0"].layout, REG["GBPA"].layout
+    b.mmio_write("g0", "smmu1", "GBPA", gbpa.encode(UPDATE=1, ABORT=0))
+    b.mmio_write("g0", "smmu1", "CR0", cr0.encode(CMDQEN=1, EVENTQEN=1))
+    b.dma("nvme0", GUEST_RAM + 0x20 * PAGE_SIZE, 8, W)
+    b.mmio_write("g0", "smmu1", "CR0", cr0.encode(CMDQEN=1, EVENTQEN=1, SMMUEN=1))
+    b.dma("nvme0", DMA_IOVA, 8, W)
+    return b
+
+
 # ------------------------------------------------------------ virtio-iommu guests
 def _viommu_boot_page(b: SeedBuilder, device: str) -> int:
     """The guest RAM page behind a device's boot DMA buffer (its MAP at DMA_IOVA)."""
@@ -408,7 +421,7 @@ def _viommu_requests() -> SeedBuilder:
 
 SEEDS: tuple[Callable[[], SeedBuilder], ...] = (
     _dma_boot_buffer, _map_unmap, _reattach, _sync_msi, _event_service, _pte_rewrite,
-    _hyp_unmap_reassign, _hyp_assign, _ats, _vsmmu_disable,
+    _hyp_unmap_reassign, _hyp_assign, _ats, _vsmmu_disable, _vsmmu_bypass,
     _viommu_map_unmap, _viommu_domains, _viommu_hyp, _viommu_requests,
 )
 
@@ -416,7 +429,8 @@ SEEDS: tuple[Callable[[], SeedBuilder], ...] = (
 # bytes its own way: it gets only two short programs.
 TARGET_SEEDS: dict[str, tuple[str, ...]] = {
     "system": ("dma-boot-buffer", "map-unmap", "reattach", "sync-msi", "event-service",
-               "pte-rewrite", "hyp-unmap-reassign", "hyp-assign", "ats", "vsmmu-disable"),
+               "pte-rewrite", "hyp-unmap-reassign", "hyp-assign", "ats", "vsmmu-disable",
+               "vsmmu-bypass"),
     "vste": ("reattach", "event-service", "hyp-assign", "ats", "vsmmu-disable"),
     "command": ("map-unmap", "reattach", "sync-msi", "pte-rewrite", "ats"),
     "smmu": ("dma-boot-buffer", "event-service"),

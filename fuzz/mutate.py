@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 from vsmmu.driver import DEFAULT_MAIR
 from vsmmu.fields import Field, Layout, deposit, extract
+from vsmmu.frontend import SmmuFrontend
 from vsmmu.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW
 from vsmmu.layouts import CD, CMD_ANY, COMMANDS, REGISTERS, S1_DESC, STE, Config
 from vsmmu.layouts import Op as Opcode
@@ -57,6 +58,7 @@ from vsmmu.virtio_iommu import (
 from .program import GUEST_SLOTS, MAX_OPS, OP_BY_NAME, OPS, Op, Operand, decode, encode
 from .runner import ATOMIC, DMA_BUF, DMA_IOVA, PRIV, SSV, TRANSLATED, W, X
 
+WRITABLE = tuple(i for i, reg in enumerate(REGISTERS) if reg.name not in SmmuFrontend.READ_ONLY)
 BYTE_LEVEL = 0.05  # share of mutations left to the byte-level mutator
 BYTE_LEVEL_GARBAGE = 0.5  # ... for inputs that are not canonical programs
 SEPARATOR = Op(OP_BY_NAME["step"], (3,))  # between crossed-over programs: queues settle
@@ -443,8 +445,8 @@ class Generator:
             value = r.randrange(max(self.h.smmus, 1))
         elif name == "device":
             value = r.randrange(max(self.h.devices, 1))
-        elif name == "reg":
-            value = r.randrange(len(REGISTERS))
+        elif name == "reg":  # mostly the ones a write changes; sometimes a read-only one
+            value = r.choice(WRITABLE) if r.random() < 0.9 else r.randrange(len(REGISTERS))
         elif name == "value":
             value = self.register_value(args.get("reg", 0))
         elif name == "vsid":

@@ -95,7 +95,7 @@ class SmmuFrontend:
             return reg, 32
         return None, 0
 
-    _READ_ONLY = frozenset(
+    READ_ONLY = frozenset(
         {"IDR0", "IDR1", "IDR2", "IDR3", "IDR4", "IDR5", "IIDR", "AIDR", "CR0ACK",
          "STATUSR", "IRQ_CTRLACK", "GERROR"}
     )
@@ -123,7 +123,7 @@ class SmmuFrontend:
         return bool(self._f("IRQ_CTRL", field) or self._f("IRQ_CTRLACK", field))
 
     def _write_reg(self, name: str, value: int) -> None:
-        if name in self._READ_ONLY or self._locked(name):
+        if name in self.READ_ONLY or self._locked(name):
             return
         if name == "GBPA":
             if not _L["GBPA"].get(value, "UPDATE"):  # only an UPDATE write takes effect
