@@ -211,7 +211,7 @@ def summarize(trials: list[Trial], seeds: int, budget: float) -> dict:
             "correct_model_findings": sum(1 for t in trials
                                           if t.bug is None and t.seconds is not None),
             "budget_s": budget,
-            "trials": [{k: v for k, v in asdict(t).items()} for t in trials]}
+            "trials": [asdict(t) for t in trials]}
 
 
 def _row(bug: str, trials: list[Trial], seeds: int) -> dict:

@@ -212,32 +212,19 @@ def _queue_state(smmu: Smmu) -> _QueueState:
                        geo.full(prod, cons), prod, bool(active), geo)
 
 
-def must_record(smmu: Smmu, fault: Fault, sid: int, ssid: int | None) -> str | None:
-    """Why the architecture requires `fault` to be recorded (None: it may not be,
-    or the configuration the SMMU used is no longer cached, so we cannot tell)."""
+def record_rule(smmu: Smmu, fault: Fault, sid: int, ssid: int | None) -> tuple[bool, str] | None:
+    """Whether the architecture requires (True) or forbids (False) recording `fault`,
+    with the control that says so; None when the configuration the SMMU used is no
+    longer cached, so we cannot tell."""
     if fault.event not in RECORD_CONTROLLED:
-        return "always"
+        return True, "always"
     stream = smmu.config_cache.get_ste(sid)
     if stream is None:
         return None
     if fault.s2:
-        return "STE.S2R=1" if stream.s2_record else None
+        return stream.s2_record, f"STE.S2R={int(stream.s2_record)}"
     ctx = smmu.config_cache.get_cd(sid, ssid or 0) if stream.stage1 else None
-    return "CD.R=1" if ctx is not None and ctx.record else None
-
-
-def suppressed(smmu: Smmu, fault: Fault, sid: int, ssid: int | None) -> str | None:
-    """Why the architecture forbids recording `fault` (None: it does not, or the
-    configuration the SMMU used is no longer cached)."""
-    if fault.event not in RECORD_CONTROLLED:
-        return None
-    stream = smmu.config_cache.get_ste(sid)
-    if stream is None:
-        return None
-    if fault.s2:
-        return None if stream.s2_record else "STE.S2R=0"
-    ctx = smmu.config_cache.get_cd(sid, ssid or 0) if stream.stage1 else None
-    return "CD.R=0" if ctx is not None and not ctx.record else None
+    return None if ctx is None else (ctx.record, f"CD.R={int(ctx.record)}")
 
 
 # ------------------------------------------------------------ queue protocol
@@ -449,11 +436,14 @@ def _beyond_table(smmu: Smmu, sid: int) -> int | None:
 
 def _check_reported(smmu: Smmu, fault: Fault, sid: int, ssid: int | None, recorded: bool,
                     before: _QueueState) -> None:
-    why = must_record(smmu, fault, sid, ssid)
-    if why is None:
-        if recorded and (control := suppressed(smmu, fault, sid, ssid)):
+    rule = record_rule(smmu, fault, sid, ssid)
+    if rule is None:
+        return
+    required, why = rule
+    if not required:
+        if recorded:
             raise Violation(FAULT_REPORTING, dict(event=fault.event.name, sid=sid, ssid=ssid,
-                                                  control=control, problem="recorded"))
+                                                  control=why, problem="recorded"))
         return
     if not before.enabled or before.full:
         return
