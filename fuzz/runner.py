@@ -384,9 +384,9 @@ def _create(system, op):
 
 
 def _events(system, op):
-    kernel = system.kernels.get(_guest(system, op.guest) or "")
-    if isinstance(kernel, VirtioGuestKernel):
-        kernel.events()
+    virtio = _viommu(system, op.guest)
+    if virtio is not None:
+        virtio.events()
         return
     guest, smmu, vsmmu = _vsmmu(system, op.guest, op.smmu)
     if vsmmu is not None:
