@@ -57,8 +57,10 @@ from vsmmu.layouts import Op as Opcode
 from vsmmu.platform import PlatformError, dump_platform, load_platform
 
 from .program import Op, ProgramError, encode, load, to_text
-from .runner import Runner, RunResult
+from .runner import Runner, RunResult, fuzz_platform
 
+# Targets whose inputs run on the whole system (the smmu target's on the physical rig).
+SYSTEM_TARGETS = ("system", "vste", "command", "virtio-iommu")
 DEFAULT_BUDGET = 60.0  # seconds of minimization per input
 DEFAULT_MAX_RUNS = 20_000  # replays of minimization per input
 CRASH_FRAMES = 3  # ClusterFuzz's MAX_CRASH_STATE_FRAMES
@@ -433,6 +435,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decode every file as fuzz-input bytes even if it is printable")
     parser.add_argument("--platform", metavar="FILE", help="platform file (.toml/.json); "
                         "default: the embedded fuzzing platform")
+    parser.add_argument("--target", choices=SYSTEM_TARGETS, default="system",
+                        help="the fuzz target the inputs came from (virtio-iommu: its platform "
+                        "of virtio-iommu guests, unless --platform is given)")
     parser.add_argument("--no-z3", action="store_true", help="skip the Z3 state checks")
     parser.add_argument("--budget", type=_seconds, default=DEFAULT_BUDGET, metavar="S",
                         help=f"minimization time per input, seconds (default {DEFAULT_BUDGET:g};"
@@ -472,6 +477,8 @@ def main(args: argparse.Namespace) -> int:
             platform = load_platform(args.platform)
         except PlatformError as e:
             return _fail(str(e))
+    elif args.target == "virtio-iommu":
+        platform = fuzz_platform("virtio")
     if args.emit_test:
         try:
             Path(args.emit_test).mkdir(parents=True, exist_ok=True)

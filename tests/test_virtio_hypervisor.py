@@ -143,3 +143,17 @@ def test_viommu_kind_is_checked():
     with pytest.raises(PlatformError, match="viommu must be one of smmuv3, virtio"):
         platform_from_dict({"smmu": [{"name": "smmu0"}],
                             "guest": [{"name": "g0", "viommu": "vfio"}], "device": []})
+
+
+def test_check_and_triage_replay_on_the_virtio_platform(capsys):
+    from pathlib import Path
+
+    from vsmmu.cli import main
+
+    corpora = Path(__file__).resolve().parents[1] / "corpora"
+    assert main(["check", "--json", "--no-z3", "--target", "virtio-iommu",
+                 str(corpora / "programs" / "seed-viommu-map-unmap.txt")]) == 0
+    out = capsys.readouterr().out
+    assert '"result": "clean"' in out and "smmu.event:F_TRANSLATION" in out
+    assert main(["triage", "--no-z3", "--target", "virtio-iommu",
+                 str(corpora / "virtio-iommu" / "seed-viommu-hyp")]) == 0

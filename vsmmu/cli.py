@@ -50,12 +50,13 @@ def _prove(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from fuzz.program import ProgramError, load, to_text
-    from fuzz.runner import Runner
+    from fuzz.runner import Runner, fuzz_platform
     from vsmmu.platform import PlatformError, load_platform
 
     try:
         ops = load(args.program, raw=True if args.bytes else None)
-        platform = load_platform(args.platform) if args.platform else None
+        platform = load_platform(args.platform) if args.platform else (
+            fuzz_platform("virtio") if args.target == "virtio-iommu" else None)
     except (ProgramError, PlatformError) as e:
         print(f"vsmmu check: {e}", file=sys.stderr)
         return 2
@@ -121,6 +122,8 @@ DELEGATED = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fuzz.triage import SYSTEM_TARGETS
+
     parser = argparse.ArgumentParser(
         prog="vsmmu",
         description="Security fuzzer and Z3 property checker for Arm SMMUv3 virtualization.",
@@ -141,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode the file as fuzz-input bytes even if it is printable")
     p.add_argument("--platform", metavar="FILE", help="platform file (.toml/.json); "
                    "default: the embedded fuzzing platform")
+    p.add_argument("--target", choices=SYSTEM_TARGETS,
+                   default="system", help="the fuzz target the program came from "
+                   "(virtio-iommu: its platform of virtio-iommu guests)")
     p.add_argument("--no-z3", action="store_true", help="skip the Z3 state checks")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_check)
