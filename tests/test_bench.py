@@ -88,3 +88,10 @@ def test_each_fuzzer_finds_an_easy_plant_and_reports_its_invariant(fuzzer):
     assert trial.seconds is not None, trial
     assert trial.invariant == "cmd-confinement"
     assert trial.signature.startswith("cmd-confinement:")
+
+
+def test_plot_draws_a_png_when_matplotlib_is_there(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "bugs.png"
+    bench.plot(summarize(_trials(), seeds=3, budget=30.0), str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
