@@ -157,3 +157,23 @@ def test_check_and_triage_replay_on_the_virtio_platform(capsys):
     assert '"result": "clean"' in out and "smmu.event:F_TRANSLATION" in out
     assert main(["triage", "--no-z3", "--target", "virtio-iommu",
                  str(corpora / "virtio-iommu" / "seed-viommu-hyp")]) == 0
+
+
+def test_domain_churn_does_not_grow_the_hypervisors_pool(system):
+    kernel, dom, _ = _nic0(system)
+    kernel.detach("nic0", dom)
+    for domain in range(10, 12):  # the first cycles allocate at most one more table
+        new = kernel.domain()
+        new.id = domain
+        kernel.attach("nic0", new)
+        kernel.dma_map(new, IOVA, GUEST_RAM, PAGE_SIZE)
+        kernel.detach("nic0", new)
+    left = system.hyp.hyp_alloc.free
+    for domain in range(12, 40):
+        new = kernel.domain()
+        new.id = domain
+        kernel.attach("nic0", new)
+        kernel.dma_map(new, IOVA, GUEST_RAM, PAGE_SIZE)
+        kernel.detach("nic0", new)
+    assert system.hyp.hyp_alloc.free == left
+    kernel.attach("nic0", dom)

@@ -12,6 +12,10 @@ view; this backend mirrors its decisions into structures the hypervisor owns:
   the guest's own stage 2 (bypass: IOVA = GPA), or abort;
 * UNMAP removes the leaves and invalidates the domain's VMID range before the
   request completes (TLBI_S2_IPA + CMD_SYNC, and the ATCs);
+* a freed domain's table (emptied, the MSI page kept) serves the next new
+  domain, so a guest creating and freeing domains cannot grow the hypervisor's
+  table pool: at most its domain limit of tables, plus what its mapping limit
+  needs;
 * when the hypervisor takes a page away from the guest (unmap, balloon), every
   composed mapping of it is removed and invalidated first (`gpa_gone`): the
   guest's view keeps the mapping, its DMA then faults.
@@ -67,6 +71,7 @@ class VirtioBackend:
         self.domains: dict[int, ComposedDomain] = {}
         self.gpas: dict[int, set[tuple[int, int]]] = defaultdict(set)  # GPA page -> mappings
         self.unmapped: list[Unmapped] = []  # completed since the monitor last looked
+        self._spare: list[PageTable] = []  # freed domains' tables, emptied, for reuse
 
     # -------------------------------------------------------------- streams
     def _streams(self, endpoint: int):
@@ -94,9 +99,12 @@ class VirtioBackend:
         from .hypervisor import MSI_WINDOW
 
         vmid = self.hyp.take_vmid()
-        table = PageTable(self.hyp.mem, self.hyp.hyp_alloc, stage=2, granule=PAGE_SIZE,
-                          tsz=64 - self.ipa_bits)
-        table.map(MSI_WINDOW[0], self.guest.doorbell, PAGE_SIZE, exec=False)
+        if self._spare:
+            table = self._spare.pop()
+        else:
+            table = PageTable(self.hyp.mem, self.hyp.hyp_alloc, stage=2, granule=PAGE_SIZE,
+                              tsz=64 - self.ipa_bits)
+            table.map(MSI_WINDOW[0], self.guest.doorbell, PAGE_SIZE, exec=False)
         ste = ste_s2(vmid=vmid, ttb=table.ttb, t0sz=table.tsz, sl0=table.sl0, tg=PAGE_SIZE,
                      ps=self.ipa_bits, s2r=True)
         dom = self.domains[domain] = ComposedDomain(domain, vmid, table, ste)
@@ -108,8 +116,11 @@ class VirtioBackend:
             return
         for iova in list(dom.iovas):
             self._forget(dom, iova)
+            dom.table.unmap(iova, PAGE_SIZE)
         self._flush(lambda drv: drv.tlbi_vmall(dom.vmid))
         self.hyp.give_vmid(dom.vmid)  # retired: nothing cached is tagged with it now
+        # The pool is never freed into: reusing the table bounds what domain churn costs.
+        self._spare.append(dom.table)
 
     def expected_ste(self, device: VirtioIommu, endpoint: int) -> int:
         """The physical STE `endpoint` should have, by the device's state."""
