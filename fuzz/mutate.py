@@ -242,7 +242,7 @@ def mutate_field(layout: Layout, word: int, rng: random.Random, hints: Hints | N
     if layout.reserved_mask and name is None and rng.random() < 0.1:
         bits = [i for i in range(layout.width) if layout.reserved_mask >> i & 1]
         return word ^ (1 << rng.choice(bits)), None
-    f = layout[name] if name else rng.choice(list(layout))
+    f = layout[name] if name else _pick_field(layout, rng)
     old, top = extract(word, f.hi, f.lo), _raw_max(f)
     if f.width == 1:
         return _set(word, f, old ^ 1), f.name
@@ -258,6 +258,18 @@ def mutate_field(layout: Layout, word: int, rng: random.Random, hints: Hints | N
     candidates = [c for c in candidates if c != old and 0 <= c <= top]
     new = rng.choice(candidates) if candidates else old ^ (1 << rng.randrange(f.width))
     return _set(word, f, new), f.name
+
+
+POINTERS = 0.25  # share of field choices that go to a layout's address fields
+
+
+def _pick_field(layout: Layout, rng: random.Random) -> Field:
+    """A field to mutate: a pointer (an address field) a quarter of the time, for
+    they are few among many flags and where confused-address bugs live."""
+    pointers = [f for f in layout if f.addr_lo is not None]
+    if pointers and rng.random() < POINTERS:
+        return rng.choice(pointers)
+    return rng.choice(list(layout))
 
 
 def command_layout(word: int) -> Layout:
