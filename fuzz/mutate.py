@@ -134,8 +134,10 @@ def hints_from(system) -> Hints:
                             if hasattr(dom, "asid")})) or (1,),
         vmids=tuple(sorted(g.vmid for g in hyp.guests.values())) or (1,),
         # ... and just past the guest's IPA space, where stage 2 must fault
-        iovas=(DMA_IOVA, DMA_IOVA + DMA_BUF - PAGE_SIZE, MSI_WINDOW[0], 1 << IPA_BITS,
-               1 << IPA_BITS | GUEST_RAM),
+        # (the pages either side of the boot buffers: a mapping next to an existing one,
+        # a range over both)
+        iovas=(DMA_IOVA, DMA_IOVA + DMA_BUF - PAGE_SIZE, DMA_IOVA - PAGE_SIZE,
+               DMA_IOVA + DMA_BUF, MSI_WINDOW[0], 1 << IPA_BITS, 1 << IPA_BITS | GUEST_RAM),
         ipas=tuple(sorted(ipas)),
         pas=tuple(sorted({pa for g in hyp.guests.values()
                           for pa in (g.s2.ttb, *sorted(g.pages.values())[:1])})),
@@ -512,7 +514,32 @@ class Generator:
             others = [g for g in self.h.guests if g != args["guest"]]
             if name == "reassign" and args["dst"] == args["guest"] and others:
                 args["dst"] = self.rng.choice(others)
+        if name == "viommu_unmap" and self.rng.random() < 0.5:
+            args.update(self._mapped_range(before))
+        if name == "viommu_map" and self.rng.random() < 0.3:
+            args.update(self._next_to_mapping(before))
         return Op(code, tuple(args.values()))
+
+    def _mapped_range(self, before: Sequence[Op]) -> dict[str, int]:
+        """Mappings are resources: an UNMAP from where an earlier MAP of the program
+        starts, in its domain, over one page or several (so it may cover that
+        mapping and reach into, or split, the next)."""
+        maps = [op for op in before if op.spec.name == "viommu_map"]
+        if not maps:
+            return {}
+        m = self.rng.choice(maps)
+        return {"guest": m.guest, "domain": m.domain, "iova": m.iova,
+                "pages": m.pages + self.rng.choice((0, 1, 2, 4))}
+
+    def _next_to_mapping(self, before: Sequence[Op]) -> dict[str, int]:
+        """A MAP right after an earlier one, in its domain: neighbours are what
+        UNMAP's split rule is about."""
+        maps = [op for op in before if op.spec.name == "viommu_map"]
+        if not maps:
+            return {}
+        m = self.rng.choice(maps)
+        return {"guest": m.guest, "domain": m.domain,
+                "iova": m.iova + (m.pages + 1) * PAGE_SIZE & (1 << 64) - 1}
 
     def _dma_target(self, before: Sequence[Op]) -> dict[str, int]:
         """Pages are resources: the guest and RAM page an earlier DMA reached through
