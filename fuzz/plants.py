@@ -76,6 +76,17 @@ def _plant(name: str, cls: int, target: str):
     return register
 
 
+def _skipping(cls: type, method: str, owner: type, step: str) -> AbstractContextManager:
+    """`cls.method` patched to run with `owner.step` doing nothing (only inside it)."""
+    correct = getattr(cls, method)
+
+    def without_step(self, *args, **kwargs):
+        with mock.patch.object(owner, step, lambda *a, **k: None):
+            return correct(self, *args, **kwargs)
+
+    return mock.patch.object(cls, method, without_step)
+
+
 def _forward_raw(*ops: Op):
     """Guest command rules that forward the command as the guest wrote it."""
     return {op: (lambda cmd, ctx, op=op: (transfer.Action.FORWARD, transfer._clean(op, cmd)))
@@ -162,26 +173,14 @@ def _forgotten_tlbi():
 
     A cached translation keeps reaching the page's new owner (XSA-346's class:
     a page reused before the flush)."""
-    reassign = Hypervisor.reassign_page
-
-    def reassign_without_tlbi(self, *args, **kwargs):
-        with mock.patch.object(Hypervisor, "_invalidate_s2", lambda *a, **k: None):
-            return reassign(self, *args, **kwargs)
-
-    with mock.patch.object(Hypervisor, "reassign_page", reassign_without_tlbi):
+    with _skipping(Hypervisor, "reassign_page", Hypervisor, "_invalidate_s2"):
         yield
 
 
 @_plant("deassign-without-quarantine", 14, "system")
 def _deassign_without_quarantine():
     """Taking a device back leaves its physical STE pointing at the guest's stage 2."""
-    deassign = Hypervisor.deassign
-
-    def deassign_keeping_ste(self, device):
-        with mock.patch.object(SmmuDriver, "write_ste", lambda *a, **k: 0):
-            deassign(self, device)
-
-    with mock.patch.object(Hypervisor, "deassign", deassign_keeping_ste):
+    with _skipping(Hypervisor, "deassign", SmmuDriver, "write_ste"):
         yield
 
 
@@ -374,13 +373,7 @@ def _viommu_gpa_unchecked():
 @_plant("viommu-unmap-no-tlbi", 17, "virtio-iommu")
 def _viommu_unmap_no_tlbi():
     """UNMAP removes the composed leaves but completes without invalidating the IOTLB."""
-    correct = VirtioBackend.unmap
-
-    def unmap(self, domain, iova, size):
-        with mock.patch.object(VirtioBackend, "_flush", lambda self, invalidate: None):
-            return correct(self, domain, iova, size)
-
-    with mock.patch.object(VirtioBackend, "unmap", unmap):
+    with _skipping(VirtioBackend, "unmap", VirtioBackend, "_flush"):
         yield
 
 
