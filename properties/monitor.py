@@ -46,15 +46,6 @@ from .z3state import StateResult, check_guest
 HYP_VMID = 0  # tags the hypervisor's own stage-1-only streams, never a guest's
 
 
-def _stage2s(guest: Guest) -> list[tuple[int, int]]:
-    """(stage-2 STE, VMID) of each stage 2 that translates for the guest: its own,
-    and those the hypervisor composed for its virtio-iommu domains."""
-    out = [(guest.s2_ste, guest.vmid)]
-    if guest.viommu is not None:
-        out += [(d.ste, d.vmid) for d in guest.viommu.backend.domains.values()]
-    return out
-
-
 class Monitor:
     def __init__(self, hyp: Hypervisor, *, z3_checks: bool = True):
         self.hyp = hyp
@@ -213,10 +204,10 @@ class Monitor:
     def _authority_ok(word: int, guest: Guest | None) -> bool:
         if guest is None:  # unassigned or quarantined: nothing may translate
             return STE.get(word, "V") == 0 or STE.get(word, "CONFIG") == Config.ABORT
-        return any(stage2_authority(word, s2_ste) for s2_ste, _ in _stage2s(guest))
+        return any(stage2_authority(word, s2_ste) for _, _, s2_ste in guest.stage2s())
 
     def _check_caches(self) -> None:
-        by_vmid = {vmid: g.name for g in self.hyp.guests.values() for _, vmid in _stage2s(g)}
+        by_vmid = {vmid: g.name for g in self.hyp.guests.values() for _, vmid, _ in g.stage2s()}
         for name, phys in self.hyp.smmus.items():
             for e in phys.smmu.iotlb.entries():
                 if e.vmid == HYP_VMID:

@@ -222,15 +222,6 @@ def table_s2_config(t, vmid: int) -> S2Config:
                     affd=False, vmid=vmid)
 
 
-def stage2_tables(guest: Guest) -> list[S2Config]:
-    """Every stage 2 translating for the guest: its own, and the tables the
-    hypervisor composed for its virtio-iommu domains (IOVA -> PA)."""
-    out = [guest_s2_config(guest)]
-    if guest.viommu is not None:
-        out += [table_s2_config(d.table, d.vmid) for d in guest.viommu.backend.domains.values()]
-    return out
-
-
 def allowed_pages(hyp: Hypervisor, guest: Guest) -> list[tuple[int, int]]:
     return intervals(hyp.mem.pages_of(guest.name) + hyp.mem.pages_of(("msi", guest.name)))
 
@@ -238,7 +229,7 @@ def allowed_pages(hyp: Hypervisor, guest: Guest) -> list[tuple[int, int]]:
 def check_guest(hyp: Hypervisor, guest: Guest, timeout_ms: int = TIMEOUT_MS) -> list[StateResult]:
     """Both state checks for one guest (every stage 2 of it), on the current state."""
     allowed = allowed_pages(hyp, guest)
-    configs = stage2_tables(guest)
+    configs = [table_s2_config(table, vmid) for table, vmid, _ in guest.stage2s()]
     vmids = {c.vmid for c in configs}
     entries = [e for phys in hyp.smmus.values() for e in phys.smmu.iotlb.entries()
                if e.vmid in vmids]

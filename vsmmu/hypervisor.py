@@ -130,6 +130,14 @@ class Guest:
             self.s2_generation += 1
         return pa
 
+    def stage2s(self) -> list[tuple[PageTable, int, int]]:
+        """(table, VMID, stage-2 STE) of each stage 2 that translates for this guest:
+        its own, and those the hypervisor composed for its virtio-iommu domains."""
+        out = [(self.s2, self.vmid, self.s2_ste)]
+        if self.viommu is not None:
+            out += [(d.table, d.vmid, d.ste) for d in self.viommu.backend.domains.values()]
+        return out
+
     def ipa_of(self, pa: int) -> int | None:
         """Reverse stage 2: the IPA at which this guest sees `pa` (None: not its page)."""
         ipa = self.ipas.get(pa & ~(PAGE_SIZE - 1))
