@@ -57,15 +57,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import bench_speed
-from .campaign import (
-    DEFAULT_MAX_LEN,
-    DEFAULT_TIMEOUT,
-    DICTIONARY,
-    HARNESSES,
-    SEEDS_ROOT,
-    _positive_float,
-    _positive_int,
-)
+from .campaign import HARNESSES, SEEDS_ROOT, _positive_float, _positive_int, base_flags
 from .harness import Settings
 from .plants import PLANTS
 
@@ -92,10 +84,10 @@ def command(fuzzer: str, target: str, seed: int, corpus: Path) -> list[str]:
     """The command line of one run (its settings come from `environment`)."""
     if fuzzer == "hypothesis":
         return [sys.executable, "-m", "fuzz.baseline_hypothesis", target, str(seed)]
-    flags = [f"-artifact_prefix={corpus.parent}{os.sep}", f"-max_len={DEFAULT_MAX_LEN}",
-             f"-timeout={DEFAULT_TIMEOUT}", f"-seed={seed}", str(corpus)]
-    if fuzzer == "ours":
-        flags += [f"-dict={DICTIONARY}", str(SEEDS_ROOT / target)]
+    ours = fuzzer == "ours"
+    flags = [*base_flags(corpus.parent, dictionary=ours), f"-seed={seed}", str(corpus)]
+    if ours:
+        flags.append(str(SEEDS_ROOT / target))
     return [sys.executable, str(HARNESSES / f"{target}_fuzzer.py"), *flags]
 
 

@@ -82,6 +82,16 @@ MAX_FRUITLESS_RESTARTS = 5  # restarts in a row without fuzzing before giving up
 COVERAGE_BUDGET = 120.0  # seconds for the final corpus replay
 
 
+def base_flags(artifacts: Path, *, dictionary: bool = True) -> list[str]:
+    """The libFuzzer flags every `vsmmu fuzz` process starts from (and the
+    benchmark's runs of it)."""
+    flags = [f"-artifact_prefix={artifacts}{os.sep}", f"-max_len={DEFAULT_MAX_LEN}",
+             f"-timeout={DEFAULT_TIMEOUT}"]
+    if dictionary and DICTIONARY.is_file():
+        flags.append(f"-dict={DICTIONARY}")
+    return flags
+
+
 class CampaignError(Exception):
     """A usage or input error: one line for the user, exit status 2."""
 
@@ -459,10 +469,7 @@ class Campaign:
 
     def _flags(self, worker: Worker, deadline: float | None) -> list[str] | None:
         """libFuzzer flags for the worker's next process (None: nothing left to do)."""
-        flags = [f"-artifact_prefix={self.artifacts}{os.sep}", "-print_final_stats=1",
-                 f"-max_len={DEFAULT_MAX_LEN}", f"-timeout={DEFAULT_TIMEOUT}"]
-        if DICTIONARY.is_file():
-            flags.append(f"-dict={DICTIONARY}")
+        flags = [*base_flags(self.artifacts), "-print_final_stats=1"]
         if deadline is not None:
             left = int(deadline - time.monotonic())
             if left < 1:
