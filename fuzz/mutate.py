@@ -32,6 +32,7 @@ platform.  `Bias` weights the operations a harness inserts.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -265,10 +266,15 @@ def mutate_field(layout: Layout, word: int, rng: random.Random, hints: Hints | N
 POINTERS = 0.25  # share of field choices that go to a layout's address fields
 
 
+@functools.cache
+def _pointer_fields(layout: Layout) -> tuple[Field, ...]:  # layouts are module constants
+    return tuple(f for f in layout if f.addr_lo is not None)
+
+
 def _pick_field(layout: Layout, rng: random.Random) -> Field:
     """A field to mutate: a pointer (an address field) a quarter of the time, for
     they are few among many flags and where confused-address bugs live."""
-    pointers = [f for f in layout if f.addr_lo is not None]
+    pointers = _pointer_fields(layout)
     if pointers and rng.random() < POINTERS:
         return rng.choice(pointers)
     return rng.choice(list(layout))
