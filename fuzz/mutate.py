@@ -47,7 +47,9 @@ from vsmmu.memory import PAGE_SIZE
 from vsmmu.virtio_iommu import (
     ATTACH_F_BYPASS,
     REQUESTS,
+    U64_MAX,
     ReqType,
+    VirtioIommu,
     attach_req,
     detach_req,
     map_req,
@@ -87,6 +89,8 @@ class Hints:
     dma_pages: tuple[int, ...] = ()  # the pages behind the devices' DMA buffers
     # (device index, guest slot, RAM page index behind DMA_IOVA) per assigned device
     buffers: tuple[tuple[int, int, int], ...] = ()
+    # virtio-iommu: (guest slot, domain, first IOVA, last IOVA) of each boot mapping
+    mappings: tuple[tuple[int, int, int, int], ...] = ()
 
 
 def _guest_translate(hyp, device: str, dom, iova: int) -> int | None:
@@ -126,6 +130,10 @@ def hints_from(system) -> Hints:
             buffers.append((devices.index(device), int(guest[1:]),
                             (first - GUEST_RAM) // PAGE_SIZE))
     slots = tuple(sorted(int(g[1:]) for g in hyp.guests if g[1:].isdigit()))
+    mappings = {(int(name[1:]), domain, m.virt_start, m.virt_end)
+                for name, guest in hyp.guests.items()
+                if name[1:].isdigit() and isinstance(guest.viommu, VirtioIommu)
+                for domain in guest.viommu.domains for m in guest.viommu.mappings(domain)}
     return Hints(
         guests=slots or (0,),
         smmus=len(hyp.smmus),
@@ -145,6 +153,7 @@ def hints_from(system) -> Hints:
         pages=tuple(sorted({(ipa - GUEST_RAM) // PAGE_SIZE for ipa in ipas if ipa >= GUEST_RAM})),
         dma_pages=tuple(sorted(dma_pages)),
         buffers=tuple(sorted(buffers)),
+        mappings=tuple(sorted(mappings)),
     )
 
 
@@ -526,26 +535,37 @@ class Generator:
             args.update(self._next_to_mapping(before))
         return Op(code, tuple(args.values()))
 
+    def _mappings(self, before: Sequence[Op]) -> list[tuple[int, int, int, int]]:
+        """(guest slot, domain, first IOVA, last IOVA) of the mappings the boot
+        made and of the program's MAPs before this point."""
+        made = [(op.guest, op.domain, op.iova, op.iova + (op.pages + 1) * PAGE_SIZE - 1)
+                for op in before if op.spec.name == "viommu_map"]
+        return [*self.h.mappings, *made]
+
     def _mapped_range(self, before: Sequence[Op]) -> dict[str, int]:
-        """Mappings are resources: an UNMAP from where an earlier MAP of the program
-        starts, in its domain, over one page or several (so it may cover that
-        mapping and reach into, or split, the next)."""
-        maps = [op for op in before if op.spec.name == "viommu_map"]
+        """Mappings are resources: an UNMAP whose ends lie on the edges of mappings
+        of one domain, or a page either side, so that it removes one or several
+        whole, reaches past them, or would split one (RANGE: nothing may change)."""
+        r, maps = self.rng, self._mappings(before)
         if not maps:
             return {}
-        m = self.rng.choice(maps)
-        return {"guest": m.guest, "domain": m.domain, "iova": m.iova,
-                "pages": m.pages + self.rng.choice((0, 1, 2, 4))}
+        guest, domain, first, _ = r.choice(maps)
+        ends = [last for g, d, _, last in maps if (g, d) == (guest, domain) and last >= first]
+        start = first + r.choice((0, 0, -PAGE_SIZE, PAGE_SIZE))
+        end = r.choice(ends) + r.choice((0, 0, -PAGE_SIZE, PAGE_SIZE))
+        return {"guest": guest, "domain": domain, "iova": start & U64_MAX,
+                "pages": (max(end + 1 - start, PAGE_SIZE) // PAGE_SIZE - 1) & 0xFFFF}
 
     def _next_to_mapping(self, before: Sequence[Op]) -> dict[str, int]:
-        """A MAP right after an earlier one, in its domain: neighbours are what
-        UNMAP's split rule is about."""
-        maps = [op for op in before if op.spec.name == "viommu_map"]
+        """A MAP right before or right after a mapping, in its domain: neighbours
+        are what UNMAP's split rule is about."""
+        r, maps = self.rng, self._mappings(before)
         if not maps:
             return {}
-        m = self.rng.choice(maps)
-        return {"guest": m.guest, "domain": m.domain,
-                "iova": m.iova + (m.pages + 1) * PAGE_SIZE & (1 << 64) - 1}
+        guest, domain, first, last = r.choice(maps)
+        pages = r.choice((0, 0, 1, 3))
+        iova = last + 1 if r.random() < 0.5 else first - (pages + 1) * PAGE_SIZE
+        return {"guest": guest, "domain": domain, "iova": iova & U64_MAX, "pages": pages}
 
     def _dma_target(self, before: Sequence[Op]) -> dict[str, int]:
         """Pages are resources: the guest and RAM page an earlier DMA reached through

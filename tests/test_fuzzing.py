@@ -21,6 +21,7 @@ from fuzz.campaign import CampaignError, CampaignOptions, merge_corpora, run_cam
 from fuzz.harness import TARGETS
 from fuzz.mutate import SEPARATOR, Generator, Hints, Mutator, mutate_field
 from fuzz.mutate import SYSTEM as SYSTEM_BIAS
+from fuzz.mutate import VIRTIO as VIRTIO_BIAS
 from fuzz.physical import FAULT_REPORTING, PhysicalRunner
 from fuzz.program import MAX_OPS, OP_BY_NAME, Op, decode, encode, parse
 from fuzz.runner import DMA_IOVA, boot
@@ -82,6 +83,25 @@ def test_inserted_operations_are_meaningful():
     assert sum(DMA_IOVA <= op.iova < DMA_IOVA + 0x4000 for op in dmas) > len(dmas) / 4
     opcodes = {op.cmd[0] for op in ops if op.spec.name == "cmd"}
     assert len(opcodes & {o.value for o in Opcode}) > len(Opcode) // 2
+
+
+def test_virtio_maps_and_unmaps_aim_at_the_edges_of_mappings():
+    # the boot's mapping [DMA_IOVA, +4 pages) in domain 2, and a MAP of 2 pages after it
+    boot_map = (0, 2, DMA_IOVA, DMA_IOVA + 0x3FFF)
+    gen = Generator(random.Random(6), Hints(mappings=(boot_map,)), VIRTIO_BIAS)
+    before = parse(f"viommu_map guest=0x0 domain=0x2 iova={DMA_IOVA + 0x4000:#x} pages=0x1 "
+                   "page=0x0 flags=0x3")
+    unmaps = {(op.iova - DMA_IOVA, op.pages) for op in
+              (gen.op("viommu_unmap", before) for _ in range(400)) if op.domain == 2}
+    assert {(0, 3),  # the boot's mapping exactly
+            (0, 5),  # both whole
+            (0, 4),  # the boot's whole, the MAP's split: RANGE, nothing removed
+            (0x1000, 5),  # the boot's split, the MAP's whole
+            (-0x1000, 7),  # a page either side of both
+            } <= unmaps
+    maps = {(op.iova - DMA_IOVA, op.pages) for op in
+            (gen.op("viommu_map", before) for _ in range(400)) if op.domain == 2}
+    assert {(0x4000, 0), (0x6000, 0), (-0x1000, 0), (-0x4000, 3)} <= maps
 
 
 @pytest.mark.parametrize("layout", [STE, CD, COMMANDS[Opcode.TLBI_NH_VA],
