@@ -10,7 +10,15 @@ import z3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from properties.z3state import intervals, s2_containment, symbolic_s2_walk, tlb_containment
+from fuzz.runner import boot
+from properties.z3state import (
+    check_guest,
+    intervals,
+    s2_containment,
+    symbolic_s2_walk,
+    tlb_containment,
+    unroll_s2,
+)
 from vsmmu.alloc import Allocator
 from vsmmu.faults import FaultError
 from vsmmu.memory import PhysMem
@@ -21,10 +29,10 @@ from vsmmu.walk import S2Config, walk_s2
 POOL, RAM = (0x1000_0000, 0x10_0000), 0x8000_0000
 
 
-def stage2(granule: int, mappings: list[tuple[int, int, int]], tsz: int = 24):
+def stage2(granule: int, mappings: list[tuple[int, int, int]], tsz: int = 24, pool=POOL):
     mem = PhysMem(48)
-    mem.add(*POOL, "hyp")
-    table = PageTable(mem, Allocator(*POOL), stage=2, granule=granule, tsz=tsz)
+    mem.add(*pool, "hyp")
+    table = PageTable(mem, Allocator(*pool), stage=2, granule=granule, tsz=tsz)
     for ipa, pa, size in mappings:
         table.map(ipa, pa, size)
     cfg = S2Config(t0sz=table.tsz, sl0=table.sl0, granule=granule, ps_bits=48,
@@ -96,3 +104,28 @@ def test_unknown_is_its_own_outcome():
     mem, cfg = stage2(4096, [(i * 4096, RAM + 2 * i * 4096, 4096) for i in range(64)])
     r = s2_containment(mem, cfg, [(RAM, RAM + 4096)], timeout_ms=1)
     assert r.result in ("unknown", "violated")  # never "holds" for a state that violates
+
+
+def test_an_unrolling_is_what_tables_say_not_where_they_lie():
+    # check_guest remembers answers by the unrolling: equal for the same mappings
+    # in tables elsewhere, different when one output changes
+    mappings = [(0, RAM, 4096), (0x20_0000, RAM + 0x3000, 4096), (0x40_0000, RAM, 1 << 21)]
+    mem, cfg = stage2(4096, mappings)
+    moved_mem, moved_cfg = stage2(4096, mappings, pool=(0x2000_0000, 0x10_0000))
+    assert moved_cfg.ttb != cfg.ttb
+    assert unroll_s2(moved_mem, moved_cfg) == unroll_s2(mem, cfg)
+    changed_mem, changed_cfg = stage2(4096, [*mappings[:1], (0x20_0000, RAM + 0x4000, 4096),
+                                             *mappings[2:]])
+    assert unroll_s2(changed_mem, changed_cfg) != unroll_s2(mem, cfg)
+
+
+def test_check_guest_sees_a_change_after_remembering_the_state_before():
+    system = boot(monitor=False)
+    hyp, g0 = system.hyp, system.hyp.guests["g0"]
+    for _ in range(2):  # the second time from memory
+        assert {r.result for r in check_guest(hyp, g0)} == {"holds"}
+    foreign = hyp.mem.pages_of("g1")[0]
+    g0.s2.map(0x7000_0000, foreign, 4096)
+    [violation] = [r for r in check_guest(hyp, g0) if r.result == "violated"]
+    assert violation.guest == "g0" and violation.witness["pa"] == foreign
+    assert violation.witness["ipa"] == 0x7000_0000
