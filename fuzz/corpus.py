@@ -373,6 +373,22 @@ def _viommu_map_unmap() -> SeedBuilder:
     return b
 
 
+def _viommu_unmap_several() -> SeedBuilder:
+    b = SeedBuilder("viommu-unmap-several", "a virtio-iommu guest maps two pages right after "
+                    "its device's boot mapping, then one UNMAP over both mappings removes them "
+                    "both (the specification's example); DMA through either faults", "virtio")
+    page, domain = _viommu_boot_page(b, "nic0"), b.system.domains["nic0"].id
+    after = DMA_IOVA + DMA_BUF
+    b.op(f"viommu_map guest=0 domain={domain} iova={after:#x} pages=1 page={page:#x} flags=0x3")
+    b.dma("nic0", after + PAGE_SIZE, 8, W)
+    b.op(f"viommu_unmap guest=0 domain={domain} iova={DMA_IOVA:#x} "
+         f"pages={(DMA_BUF + 2 * PAGE_SIZE) // PAGE_SIZE - 1}")
+    b.dma("nic0", DMA_IOVA, 8, W)
+    b.dma("nic0", after, 8, W)
+    b.op("events guest=0 smmu=0")
+    return b
+
+
 def _viommu_domains() -> SeedBuilder:
     b = SeedBuilder("viommu-domains", "a virtio-iommu guest moves its device to a new domain "
                     "(no mappings: DMA faults), to a bypass domain, detaches it (DMA aborted), "
@@ -422,7 +438,7 @@ def _viommu_requests() -> SeedBuilder:
 SEEDS: tuple[Callable[[], SeedBuilder], ...] = (
     _dma_boot_buffer, _map_unmap, _reattach, _sync_msi, _event_service, _pte_rewrite,
     _hyp_unmap_reassign, _hyp_assign, _ats, _vsmmu_disable, _vsmmu_bypass,
-    _viommu_map_unmap, _viommu_domains, _viommu_hyp, _viommu_requests,
+    _viommu_map_unmap, _viommu_unmap_several, _viommu_domains, _viommu_hyp, _viommu_requests,
 )
 
 # Which seeds each harness target starts from.  The smmu target's harness reads
@@ -434,7 +450,8 @@ TARGET_SEEDS: dict[str, tuple[str, ...]] = {
     "vste": ("reattach", "event-service", "hyp-assign", "ats", "vsmmu-disable"),
     "command": ("map-unmap", "reattach", "sync-msi", "pte-rewrite", "ats"),
     "smmu": ("dma-boot-buffer", "event-service"),
-    "virtio-iommu": ("viommu-map-unmap", "viommu-domains", "viommu-hyp", "viommu-requests"),
+    "virtio-iommu": ("viommu-map-unmap", "viommu-unmap-several", "viommu-domains",
+                     "viommu-hyp", "viommu-requests"),
 }
 
 

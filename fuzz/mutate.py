@@ -535,34 +535,40 @@ class Generator:
             args.update(self._next_to_mapping(before))
         return Op(code, tuple(args.values()))
 
-    def _mappings(self, before: Sequence[Op]) -> list[tuple[int, int, int, int]]:
-        """(guest slot, domain, first IOVA, last IOVA) of the mappings the boot
-        made and of the program's MAPs before this point."""
+    def _mappings(self, before: Sequence[Op]) -> tuple[list[tuple[int, int, int, int]],
+                                                       tuple[int, int, int, int] | None]:
+        """The mappings the boot made and the program's MAPs before this point, as
+        (guest slot, domain, first IOVA, last IOVA), and one of them to aim at: the
+        program's own half the time (they are what it is exploring)."""
         made = [(op.guest, op.domain, op.iova, op.iova + (op.pages + 1) * PAGE_SIZE - 1)
                 for op in before if op.spec.name == "viommu_map"]
-        return [*self.h.mappings, *made]
+        every = [*self.h.mappings, *made]
+        if not every:
+            return [], None
+        return every, self.rng.choice(made if made and self.rng.random() < 0.5 else every)
 
     def _mapped_range(self, before: Sequence[Op]) -> dict[str, int]:
-        """Mappings are resources: an UNMAP whose ends lie on the edges of mappings
-        of one domain, or a page either side, so that it removes one or several
-        whole, reaches past them, or would split one (RANGE: nothing may change)."""
-        r, maps = self.rng, self._mappings(before)
-        if not maps:
+        """Mappings are resources: an UNMAP from the edge of one mapping to the edge
+        of another in its domain (or itself), or a page either side, so that it
+        removes one or several whole, reaches past them, or would split one (RANGE:
+        nothing may change)."""
+        r, (maps, aim) = self.rng, self._mappings(before)
+        if aim is None:
             return {}
-        guest, domain, first, _ = r.choice(maps)
-        ends = [last for g, d, _, last in maps if (g, d) == (guest, domain) and last >= first]
-        start = first + r.choice((0, 0, -PAGE_SIZE, PAGE_SIZE))
-        end = r.choice(ends) + r.choice((0, 0, -PAGE_SIZE, PAGE_SIZE))
+        guest, domain, first, last = aim
+        other = r.choice([m for m in maps if m[:2] == (guest, domain)])
+        start = min(first, other[2]) + r.choice((0, 0, -PAGE_SIZE, PAGE_SIZE))
+        end = max(last, other[3]) + r.choice((0, 0, -PAGE_SIZE, PAGE_SIZE))
         return {"guest": guest, "domain": domain, "iova": start & U64_MAX,
                 "pages": (max(end + 1 - start, PAGE_SIZE) // PAGE_SIZE - 1) & 0xFFFF}
 
     def _next_to_mapping(self, before: Sequence[Op]) -> dict[str, int]:
         """A MAP right before or right after a mapping, in its domain: neighbours
         are what UNMAP's split rule is about."""
-        r, maps = self.rng, self._mappings(before)
-        if not maps:
+        r, (_, aim) = self.rng, self._mappings(before)
+        if aim is None:
             return {}
-        guest, domain, first, last = r.choice(maps)
+        guest, domain, first, last = aim
         pages = r.choice((0, 0, 1, 3))
         iova = last + 1 if r.random() < 0.5 else first - (pages + 1) * PAGE_SIZE
         return {"guest": guest, "domain": domain, "iova": iova & U64_MAX, "pages": pages}

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.corpus import MAX_SEED_BYTES, TARGET_SEEDS, TARGETS, seeds, write_seeds, write_texts
+from fuzz.corpus import (
+    MAX_SEED_BYTES,
+    TARGET_SEEDS,
+    TARGETS,
+    _viommu_unmap_several,
+    seeds,
+    write_seeds,
+    write_texts,
+)
 from fuzz.program import decode, encode, load
 from fuzz.runner import Runner, fuzz_platform
 
@@ -52,9 +60,14 @@ def test_seeds_exercise_what_they_are_for(runner):
 
 
 def test_virtio_seeds_fault_where_they_say(virtio_runner):
-    for name in ("viommu-map-unmap", "viommu-hyp"):  # DMA after UNMAP / after the page left
-        result = virtio_runner.run(list(seeds()[name][1]))
+    for name in ("viommu-map-unmap", "viommu-unmap-several", "viommu-hyp"):
+        result = virtio_runner.run(list(seeds()[name][1]))  # DMA after UNMAP / the page left
         assert "smmu.event:F_TRANSLATION" in result.coverage, name
+
+
+def test_one_unmap_over_two_mappings_removes_both():
+    b = _viommu_unmap_several()
+    assert b.system.hyp.guests["g0"].viommu.mappings(b.system.domains["nic0"].id) == []
 
 
 def test_checked_in_corpora_are_what_the_generator_writes(tmp_path):
