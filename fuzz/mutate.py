@@ -64,6 +64,9 @@ from .runner import ATOMIC, DMA_BUF, DMA_IOVA, PRIV, SSV, TRANSLATED, W, X
 WRITABLE = tuple(i for i, reg in enumerate(REGISTERS) if reg.name not in SmmuFrontend.READ_ONLY)
 BYTE_LEVEL = 0.05  # share of mutations left to the byte-level mutator
 BYTE_LEVEL_GARBAGE = 0.5  # ... for inputs that are not canonical programs
+# How often a new operation that takes a resource is aimed at one the program
+# made or used (`Generator.aimed`); an existing one is re-aimed half as often.
+AIMED = {"s2_unmap": 0.5, "reassign": 0.5, "viommu_unmap": 0.5, "viommu_map": 0.3}
 SEPARATOR = Op(OP_BY_NAME["step"], (3,))  # between crossed-over programs: queues settle
 
 ByteMutate = Callable[[bytes, int], bytes]
@@ -524,16 +527,24 @@ class Generator:
         args: dict[str, int | bytes] = {}
         for operand in OPS[code].operands:
             args[operand.name] = self.operand(name, operand, args)
-        if name in ("s2_unmap", "reassign") and self.rng.random() < 0.5:
+        if self.rng.random() < AIMED.get(name, 0):
+            args = self.aimed(name, args, before)
+        return Op(code, tuple(args.values()))
+
+    def aimed(self, name: str, args: dict, before: Sequence[Op]) -> dict:
+        """`args` of an operation that takes a resource (a page DMA reached, a
+        mapping), re-aimed at one the operations `before` made or used."""
+        args = dict(args)
+        if name in ("s2_unmap", "reassign"):
             args.update(self._dma_target(before))
             others = [g for g in self.h.guests if g != args["guest"]]
             if name == "reassign" and args["dst"] == args["guest"] and others:
                 args["dst"] = self.rng.choice(others)
-        if name == "viommu_unmap" and self.rng.random() < 0.5:
+        elif name == "viommu_unmap":
             args.update(self._mapped_range(before))
-        if name == "viommu_map" and self.rng.random() < 0.3:
+        elif name == "viommu_map":
             args.update(self._next_to_mapping(before))
-        return Op(code, tuple(args.values()))
+        return args
 
     def _mappings(self, before: Sequence[Op]) -> tuple[list[tuple[int, int, int, int]],
                                                        tuple[int, int, int, int] | None]:
@@ -675,13 +686,16 @@ class Mutator:
             i = min(i, len(ops) - 2)
             ops[i], ops[i + 1] = ops[i + 1], ops[i]
         else:
-            ops[i] = self.mutate_operand(ops[i], gen)
+            ops[i] = self.mutate_operand(ops[i], gen, before=ops[:i])
         return ops
 
-    def mutate_operand(self, op: Op, gen: Generator) -> Op:
+    def mutate_operand(self, op: Op, gen: Generator, before: Sequence[Op] = ()) -> Op:
         """One operand of `op` changed: a layout word by one field, a number to a
-        boundary, a hinted value, a nearby value or a fresh meaningful one."""
+        boundary, a hinted value, a nearby value or a fresh meaningful one; or the
+        resource `op` takes re-aimed at one the operations `before` made or used."""
         r = gen.rng
+        if r.random() < AIMED.get(op.spec.name, 0) / 2:
+            return Op(op.code, tuple(gen.aimed(op.spec.name, _args(op), before).values()))
         operands = op.spec.operands
         index = r.randrange(len(operands))
         operand, value = operands[index], op.args[index]

@@ -102,6 +102,11 @@ def test_virtio_maps_and_unmaps_aim_at_the_edges_of_mappings():
     maps = {(op.iova - DMA_IOVA, op.pages) for op in
             (gen.op("viommu_map", before) for _ in range(400)) if op.domain == 2}
     assert {(0x4000, 0), (0x6000, 0), (-0x1000, 0), (-0x4000, 3)} <= maps
+    # an UNMAP of both, mutated, is sometimes re-aimed: here, to split the MAP's
+    both = parse(f"viommu_unmap guest=0x0 domain=0x2 iova={DMA_IOVA:#x} pages=0x5")[0]
+    mutated = {(op.iova - DMA_IOVA, op.pages) for op in
+               (Mutator().mutate_operand(both, gen, before) for _ in range(400))}
+    assert (0, 4) in mutated
 
 
 @pytest.mark.parametrize("layout", [STE, CD, COMMANDS[Opcode.TLBI_NH_VA],
