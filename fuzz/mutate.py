@@ -145,11 +145,13 @@ def hints_from(system) -> Hints:
         asids=tuple(sorted({dom.asid for dom in system.domains.values()
                             if hasattr(dom, "asid")})) or (1,),
         vmids=tuple(sorted(g.vmid for g in hyp.guests.values())) or (1,),
-        # ... and just past the guest's IPA space, where stage 2 must fault
         # (the pages either side of the boot buffers: a mapping next to an existing one,
-        # a range over both)
+        # a range over both) ... and past the guest's IPA space, where stage 2 must
+        # fault: guest RAM's aliases there are what a walk that leaves the input
+        # size unchecked would index past its start table with
         iovas=(DMA_IOVA, DMA_IOVA + DMA_BUF - PAGE_SIZE, DMA_IOVA - PAGE_SIZE,
-               DMA_IOVA + DMA_BUF, MSI_WINDOW[0], 1 << IPA_BITS, 1 << IPA_BITS | GUEST_RAM),
+               DMA_IOVA + DMA_BUF, MSI_WINDOW[0], 1 << IPA_BITS,
+               *(k << IPA_BITS | GUEST_RAM for k in range(1, 8))),
         ipas=tuple(sorted(ipas)),
         pas=tuple(sorted({pa for g in hyp.guests.values()
                           for pa in (g.s2.ttb, *sorted(g.pages.values())[:1])})),
