@@ -11,8 +11,12 @@ vSTE is an STE, a CD a CD, a command the layout of its opcode byte, a
 page-table descriptor an S1_DESC, an MMIO value its register) is changed ONE
 FIELD at a time: boundary values, reserved encodings (outside `Field.values`),
 a flipped enable bit, or one reserved bit (`Layout.reserved_mask`) set.
-`Mutator.crossover` splices two programs with a `step` between them, so one
-behaviour runs after the other has settled.
+An operation that takes a resource (a page a device's DMA reached, a
+virtio-iommu mapping) is often aimed at one the operations before it made or
+used, when inserted or mutated: an UNMAP runs from the edge of one mapping to
+the edge of another, a MAP lands next to one.  `Mutator.crossover` splices two
+programs with a `step` between them, so one behaviour runs after the other has
+settled.
 
 Outputs are canonical programs of at most `program.MAX_OPS` operations and
 `max_size` bytes.  With a small probability, and with an even chance for an
