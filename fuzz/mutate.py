@@ -349,6 +349,14 @@ class Generator:
     def ipa(self) -> int:
         return self._pick(self.h.ipas, lambda: GUEST_RAM + self.rng.randrange(256) * PAGE_SIZE)
 
+    def pointer(self) -> int:
+        """A guest's pointer in a vSTE or CD: an IPA where a structure lives, and
+        now and then a host PA (`Hints.pas`), which only a walk that skips stage 2
+        would reach."""
+        if self.h.pas and self.rng.random() < 0.1:
+            return self.rng.choice(self.h.pas)
+        return self.ipa()
+
     def guest(self) -> int:
         return self._pick(self.h.guests, lambda: self.rng.randrange(GUEST_SLOTS), 0.05)
 
@@ -362,7 +370,7 @@ class Generator:
         word = self._fields(STE, V=int(r.random() < 0.95), CONFIG=int(config))
         if config in (Config.S1_TRANS, Config.NESTED) or r.random() < 0.2:
             word = self._fields(
-                STE, word, S1CONTEXTPTR=self.ipa(), S1CIR=1, S1COR=1, S1CSH=3,
+                STE, word, S1CONTEXTPTR=self.pointer(), S1CIR=1, S1COR=1, S1CSH=3,
                 S1CDMAX=0 if r.random() < 0.7 else r.randrange(21),
                 S1FMT=0 if r.random() < 0.8 else r.randrange(4),
                 S1DSS=r.randrange(4) if r.random() < 0.3 else 0)
@@ -370,7 +378,7 @@ class Generator:
             word = self._fields(STE, word, EATS=r.randrange(4))
         if config in (Config.S2_TRANS, Config.NESTED) or r.random() < 0.2:
             word = self._fields(  # a guest has no business here: the vSMMU must not care
-                STE, word, S2VMID=r.choice(self.h.vmids), S2TTB=self.ipa(), S2T0SZ=24,
+                STE, word, S2VMID=r.choice(self.h.vmids), S2TTB=self.pointer(), S2T0SZ=24,
                 S2SL0=1, S2PS=r.randrange(8), S2AA64=1, S2R=r.randrange(2))
         return self._scramble(STE, word)
 
@@ -378,7 +386,7 @@ class Generator:
         r = self.rng
         asid = self._pick(self.h.asids, lambda: r.randrange(1 << 16))
         word = self._fields(
-            CD, V=int(r.random() < 0.95), ASID=asid, TTB0=self.ipa(),
+            CD, V=int(r.random() < 0.95), ASID=asid, TTB0=self.pointer(),
             T0SZ=r.choice((24, 25, 16, r.randrange(64))),
             TG0=0 if r.random() < 0.8 else r.randrange(4),
             IPS=r.choice((2, 3, 4, 5, r.randrange(8))), IR0=1, OR0=1, SH0=3, EPD1=1,

@@ -85,6 +85,13 @@ def test_inserted_operations_are_meaningful():
     assert len(opcodes & {o.value for o in Opcode}) > len(Opcode) // 2
 
 
+def test_guest_pointers_are_sometimes_host_addresses():
+    host_pa = 0x1_0010_2000  # not an IPA hint: only `pas` holds it
+    gen = Generator(random.Random(7), Hints(pas=(host_pa,)), SYSTEM_BIAS)
+    pointers = [STE.decode(gen.ste())["S1CONTEXTPTR"] for _ in range(300)]
+    assert 0 < pointers.count(host_pa) < len(pointers) / 4
+
+
 def test_virtio_maps_and_unmaps_aim_at_the_edges_of_mappings():
     # the boot's mapping [DMA_IOVA, +4 pages) in domain 2, and a MAP of 2 pages after it
     boot_map = (0, 2, DMA_IOVA, DMA_IOVA + 0x3FFF)
