@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from .mutate import BIASES, Bias, Hints, Mutator, hints_from
 from .physical import PhysicalRunner
 from .program import decode
-from .runner import Runner, RunResult, fuzz_platform
+from .runner import Runner, RunResult, platform_for
 from .triage import signature
 
 TARGETS = ("system", "vste", "command", "smmu", "virtio-iommu")
@@ -91,14 +91,8 @@ def make_runner(target: str, settings: Settings = Settings()) -> Runner | Physic
         raise ValueError(f"unknown target {target!r} (one of {', '.join(TARGETS)})")
     if target == "smmu":
         return PhysicalRunner()
-    platform = None
-    if settings.platform:
-        from vsmmu.platform import load_platform
-
-        platform = load_platform(settings.platform)
-    elif target == "virtio-iommu":
-        platform = fuzz_platform("virtio")
-    return Runner(platform, monitor=settings.monitor, z3=settings.z3)
+    return Runner(platform_for(target, settings.platform), monitor=settings.monitor,
+                  z3=settings.z3)
 
 
 def runner_hints(runner: Runner | PhysicalRunner) -> Hints:

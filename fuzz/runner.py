@@ -36,7 +36,7 @@ from vsmmu.hypervisor import GUEST_RAM, Hypervisor
 from vsmmu.layouts import COMMANDS, REGISTERS, Op
 from vsmmu.memory import PAGE_SIZE, BusError
 from vsmmu.pagetable import MappingError
-from vsmmu.platform import GuestSpec, Platform, default_platform
+from vsmmu.platform import GuestSpec, Platform, default_platform, load_platform
 from vsmmu.virtio_guest import ViommuDomain, ViommuError, VirtioGuestKernel
 from vsmmu.virtio_iommu import (
     ATTACH_F_BYPASS,
@@ -65,6 +65,15 @@ def fuzz_platform(viommu: str = "smmuv3") -> Platform:
     p = default_platform()
     return Platform(p.smmus, tuple(GuestSpec(g.name, FUZZ_RAM_MIB, viommu) for g in p.guests),
                     p.devices)
+
+
+def platform_for(target: str, file: str | None = None) -> Platform | None:
+    """The platform a fuzz target's programs run on: `file` when given (raises
+    PlatformError when it is bad), else the embedded one, of virtio-iommu guests
+    for the virtio-iommu target (None: the default)."""
+    if file:
+        return load_platform(file)
+    return fuzz_platform("virtio") if target == "virtio-iommu" else None
 
 
 @dataclass

@@ -54,10 +54,10 @@ from properties.violations import (
 )
 from vsmmu.layouts import EVENT, Event
 from vsmmu.layouts import Op as Opcode
-from vsmmu.platform import PlatformError, dump_platform, load_platform
+from vsmmu.platform import PlatformError, dump_platform
 
 from .program import Op, ProgramError, encode, load, to_text
-from .runner import Runner, RunResult, fuzz_platform
+from .runner import Runner, RunResult, platform_for
 
 # Targets whose inputs run on the whole system (the smmu target's on the physical rig).
 SYSTEM_TARGETS = ("system", "vste", "command", "virtio-iommu")
@@ -471,14 +471,10 @@ def _fail(message: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    platform = None
-    if args.platform:
-        try:
-            platform = load_platform(args.platform)
-        except PlatformError as e:
-            return _fail(str(e))
-    elif args.target == "virtio-iommu":
-        platform = fuzz_platform("virtio")
+    try:
+        platform = platform_for(args.target, args.platform)
+    except PlatformError as e:
+        return _fail(str(e))
     if args.emit_test:
         try:
             Path(args.emit_test).mkdir(parents=True, exist_ok=True)

@@ -50,13 +50,12 @@ def _prove(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from fuzz.program import ProgramError, load, to_text
-    from fuzz.runner import Runner, fuzz_platform
-    from vsmmu.platform import PlatformError, load_platform
+    from fuzz.runner import Runner, platform_for
+    from vsmmu.platform import PlatformError
 
     try:
         ops = load(args.program, raw=True if args.bytes else None)
-        platform = load_platform(args.platform) if args.platform else (
-            fuzz_platform("virtio") if args.target == "virtio-iommu" else None)
+        platform = platform_for(args.target, args.platform)
     except (ProgramError, PlatformError) as e:
         print(f"vsmmu check: {e}", file=sys.stderr)
         return 2
