@@ -235,12 +235,9 @@ def format_text(result: dict) -> str:
                          f"{_seconds(r['max_s'])}")
         cells.append(row["invariant"] or "-")
         lines.append(cells)
-    widths = [max(len(c) for c in col) for col in zip(head, *lines, strict=True)]
     out = [f"planted bugs: {len(result['bugs'])}, budget {result['budget_s']:g} s per run, "
-           f"times in seconds (med/max over seeds; '-': not every run found it)", ""]
-    for cells in (head, ["-" * w for w in widths], *lines):
-        out.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
-    out.append("")
+           f"times in seconds (med/max over seeds; '-': not every run found it)",
+           bench_speed.table("", head, lines, left=len(head)), ""]
     for f in fuzzers:
         rows = table[f]
         every = sum(r["found"] == r["seeds"] for r in rows)

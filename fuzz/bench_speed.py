@@ -101,7 +101,7 @@ def measure(*, quick: bool = False, targets: Iterable[str] = TARGETS,
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count() or 1}}
 
 
-def _table(title: str, header: list[str], rows: list[list[str]], left: int = 1) -> str:
+def table(title: str, header: list[str], rows: list[list[str]], left: int = 1) -> str:
     """The first `left` columns left-aligned, the others right-aligned, two spaces apart."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
@@ -150,27 +150,27 @@ def format_text(result: dict) -> str:
                 if mode != "off":
                     cells.append(_times(x / off if x is not None and off else None))
             rows.append(cells)
-    out += ["", _table("fuzz harness throughput (executions/s, one core; x off: relative "
+    out += ["", table("fuzz harness throughput (executions/s, one core; x off: relative "
                        "throughput)", header, rows, left=2)]
 
-    out += ["", _table("translations through the SMMUv3 model",
+    out += ["", table("translations through the SMMUv3 model",
                        ["case", "per s", "us", "x hit"],
                        [[t["case"], _rate(t["per_s"]), f"{t['us']:.2f}",
                          _times(t["ratio_to_hit"])] for t in result["translate"]])]
 
-    out += ["", _table("invariant monitor, per DMA step (Z3 re-checked every step: worst case)",
+    out += ["", table("invariant monitor, per DMA step (Z3 re-checked every step: worst case)",
                        ["monitor", "us/step", "x off"],
                        [[s["mode"], f"{s['us']:.1f}", _times(s["ratio"])]
                         for s in result["monitor_step"]])]
 
     first = result["z3_state_check"][0]["ms"] if result["z3_state_check"] else None
-    out += ["", _table("Z3 state check (s2-containment, scattered 4K mappings)",
+    out += ["", table("Z3 state check (s2-containment, scattered 4K mappings)",
                        ["mappings", "ms", "x 16"],
                        [[str(z["mappings"]), f"{z['ms']:.1f}",
                          _times(z["ms"] / first if first else None)]
                         for z in result["z3_state_check"]])]
 
-    out += ["", _table("universal proofs (vsmmu prove)",
+    out += ["", table("universal proofs (vsmmu prove)",
                        ["property", "subject", "result", "ms"],
                        [[p["property"], p["subject"], p["result"], f"{p['ms']:.1f}"]
                         for p in result["proofs"]], left=3)]
