@@ -424,19 +424,22 @@ def _viommu_req(system, op):
         kernel.dev.process(op.req[: op.len], op.in_len)
 
 
+def _last_iova(op) -> int:
+    """The last byte of the pages+1 pages at op.iova (wrapping: then end < start)."""
+    return (op.iova + (op.pages + 1) * PAGE_SIZE - 1) & U64_MAX
+
+
 def _viommu_map(system, op):
     kernel = _viommu(system, op.guest)
     if kernel is not None:
-        end = (op.iova + (op.pages + 1) * PAGE_SIZE - 1) & U64_MAX  # wraps: end < start
-        kernel.dev.process(map_req(op.domain, op.iova, end, GUEST_RAM + op.page * PAGE_SIZE,
-                                   op.flags), 4)
+        kernel.dev.process(map_req(op.domain, op.iova, _last_iova(op),
+                                   GUEST_RAM + op.page * PAGE_SIZE, op.flags), 4)
 
 
 def _viommu_unmap(system, op):
     kernel = _viommu(system, op.guest)
     if kernel is not None:
-        end = (op.iova + (op.pages + 1) * PAGE_SIZE - 1) & U64_MAX
-        kernel.dev.process(unmap_req(op.domain, op.iova, end), 4)
+        kernel.dev.process(unmap_req(op.domain, op.iova, _last_iova(op)), 4)
 
 
 def _viommu_attach(system, op):
