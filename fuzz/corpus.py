@@ -352,19 +352,20 @@ def _vsmmu_bypass() -> SeedBuilder:
 
 
 # ------------------------------------------------------------ virtio-iommu guests
-def _viommu_boot_page(b: SeedBuilder, device: str) -> int:
-    """The guest RAM page behind a device's boot DMA buffer (its MAP at DMA_IOVA)."""
+def _viommu_boot_map(b: SeedBuilder, device: str) -> tuple[int, int]:
+    """A device's boot domain and the guest RAM page behind its boot DMA buffer
+    (the domain's MAP at DMA_IOVA)."""
     guest = b.system.hyp.guests[b.system.hyp.assigned[device][0]]
-    [m] = [m for m in guest.viommu.mappings(b.system.domains[device].id)
-           if m.virt_start == DMA_IOVA]
-    return (m.phys_start - GUEST_RAM) // PAGE_SIZE
+    domain = b.system.domains[device].id
+    [m] = [m for m in guest.viommu.mappings(domain) if m.virt_start == DMA_IOVA]
+    return domain, (m.phys_start - GUEST_RAM) // PAGE_SIZE
 
 
 def _viommu_map_unmap() -> SeedBuilder:
     b = SeedBuilder("viommu-map-unmap", "a virtio-iommu guest maps two more pages for its "
                     "device, which DMAs through them; it unmaps them, the device faults and "
                     "the guest reads the fault event", "virtio")
-    page, domain = _viommu_boot_page(b, "nic0"), b.system.domains["nic0"].id
+    domain, page = _viommu_boot_map(b, "nic0")
     b.op(f"viommu_map guest=0 domain={domain} iova=0x20000000 pages=1 page={page:#x} flags=0x3")
     b.dma("nic0", 0x2000_1000, 8, W)
     b.op(f"viommu_unmap guest=0 domain={domain} iova=0x20000000 pages=1")
@@ -377,7 +378,7 @@ def _viommu_unmap_several() -> SeedBuilder:
     b = SeedBuilder("viommu-unmap-several", "a virtio-iommu guest maps two pages right after "
                     "its device's boot mapping, then one UNMAP over both mappings removes them "
                     "both (the specification's example); DMA through either faults", "virtio")
-    page, domain = _viommu_boot_page(b, "nic0"), b.system.domains["nic0"].id
+    domain, page = _viommu_boot_map(b, "nic0")
     after = DMA_IOVA + DMA_BUF
     b.op(f"viommu_map guest=0 domain={domain} iova={after:#x} pages=1 page={page:#x} flags=0x3")
     b.dma("nic0", after + PAGE_SIZE, 8, W)
@@ -409,7 +410,7 @@ def _viommu_hyp() -> SeedBuilder:
     b = SeedBuilder("viommu-hyp", "the hypervisor unmaps, then balloons to the other guest, "
                     "pages a virtio-iommu guest has mapped for DMA: the composed mappings go "
                     "first, the device's DMA faults", "virtio")
-    page = _viommu_boot_page(b, "nic0")
+    _, page = _viommu_boot_map(b, "nic0")
     b.dma("nic0", DMA_IOVA, 8, W)
     b.op(f"s2_unmap guest=0 page={page:#x}")
     b.dma("nic0", DMA_IOVA, 8, W)
@@ -423,7 +424,7 @@ def _viommu_requests() -> SeedBuilder:
     b = SeedBuilder("viommu-requests", "raw virtio-iommu requests: PROBE of an endpoint, an "
                     "UNMAP that would split a mapping (RANGE, nothing removed), a MAP over the "
                     "MSI reserved region (INVAL), a MAP with a reserved flag", "virtio")
-    page, domain = _viommu_boot_page(b, "nic0"), b.system.domains["nic0"].id
+    domain, page = _viommu_boot_map(b, "nic0")
     for req, in_len in (
             (probe_req(b.system.hyp.assigned["nic0"][1]), 516),
             (unmap_req(domain, DMA_IOVA, DMA_IOVA + PAGE_SIZE - 1), 4),
