@@ -11,7 +11,7 @@ view; this backend mirrors its decisions into structures the hypervisor owns:
 * an endpoint's physical STE is stage 2 only: that domain's table and VMID, or
   the guest's own stage 2 (bypass: IOVA = GPA), or abort;
 * UNMAP removes the leaves and invalidates the domain's VMID range before the
-  request completes (TLBI_S2_IPA + CMD_SYNC, and the ATCs);
+  request completes (TLBI_S2_IPA + CMD_SYNC; endpoints have no ATS, EATS=0);
 * a freed domain's table (emptied, the MSI page kept) serves the next new
   domain, so a guest creating and freeing domains cannot grow the hypervisor's
   table pool: at most its domain limit of tables, plus what its mapping limit
