@@ -59,9 +59,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from properties.violations import NO_CRASH
-from vsmmu.faults import RECORD_CONTROLLED, WALK_EVENTS
-from vsmmu.layouts import CmdError, Config, Event, FaultClass
-from vsmmu.layouts import Op as Opcode
+from vsmmu.arch.faults import RECORD_CONTROLLED, WALK_EVENTS
+from vsmmu.arch.layouts import CmdError, Config, Event, FaultClass
+from vsmmu.arch.layouts import Op as Opcode
 
 from .harness import PROGRESS_PREFIX, TARGETS, Settings, make_runner, planted
 from .program import MAX_BYTES, decode
@@ -111,7 +111,7 @@ class CampaignOptions:
     z3: bool = True
     libfuzzer_args: tuple[str, ...] = ()
     progress: TextIO | None = None  # where the live line goes (None: nowhere)
-    plant: str | None = None  # BENCHMARKS AND TESTS ONLY: fuzz/plants.py names
+    plant: str | None = None  # BENCHMARKS AND TESTS ONLY: fuzz/bench/plants.py names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,7 +2,7 @@
 
 Each seed is built by running it on a booted fuzzing platform (`runner.boot`):
 typed operations (`vste`, `cd`, `pte`, `dma`, hypervisor actions, ...) run as
-the runner runs them, and guest-kernel code (`vsmmu.guest.GuestKernel` and its
+the runner runs them, and guest-kernel code (`vsmmu.guests.guest.GuestKernel` and its
 Linux-style driver: page tables, TLBI_NH_VA range invalidations, CMD_SYNC with
 an MSI) runs for real while its writes to guest RAM become `mem` operations
 and its commands `cmd` operations.  Replayed from the same boot state, the
@@ -24,13 +24,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vsmmu.driver import cd, cmd, ste_s1
-from vsmmu.guest import GuestKernel
-from vsmmu.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW
-from vsmmu.layouts import REG, REGISTERS, STE, Config
-from vsmmu.layouts import Op as Opcode
-from vsmmu.memory import PAGE_SIZE
-from vsmmu.virtio_iommu import map_req, probe_req, unmap_req
+from vsmmu.arch.layouts import REG, REGISTERS, STE, Config
+from vsmmu.arch.layouts import Op as Opcode
+from vsmmu.guests.guest import GuestKernel
+from vsmmu.hw.memory import PAGE_SIZE
+from vsmmu.hyp.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW
+from vsmmu.hyp.virtio_iommu import map_req, probe_req, unmap_req
+from vsmmu.sw.driver import cd, cmd, ste_s1
 
 from .harness import TARGETS
 from .program import OP_BY_NAME, Op, encode, parse, to_text

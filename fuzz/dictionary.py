@@ -21,9 +21,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vsmmu.hypervisor import MSI_WINDOW
-from vsmmu.layouts import REGISTERS, STE, Config
-from vsmmu.layouts import Op as Opcode
+from vsmmu.arch.layouts import REGISTERS, STE, Config
+from vsmmu.arch.layouts import Op as Opcode
+from vsmmu.hyp.hypervisor import MSI_WINDOW
 
 from .program import OP_BY_NAME, OPS
 from .runner import DMA_IOVA

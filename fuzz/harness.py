@@ -20,7 +20,7 @@ children (which re-execute the script with libFuzzer flags only) inherit them;
                          with a known signature does not stop the fuzzer again
                          (re-read when the file changes)
   VSMMU_FUZZ_PROGRESS=1  print `vsmmu-progress execs=N` on stderr every 2 s
-  VSMMU_FUZZ_PLANT       planted bugs (fuzz/plants.py names, comma-separated),
+  VSMMU_FUZZ_PLANT       planted bugs (fuzz/bench/plants.py names, comma-separated),
                          patched in for the whole process: BENCHMARKS AND TESTS
                          ONLY, so that they can check a campaign finds them
   VSMMU_FUZZ_MUTATOR=plain  libFuzzer's own byte-level mutation only, no
@@ -110,7 +110,7 @@ def planted(names: str | None) -> AbstractContextManager[None]:
     """The planted bugs `names` (comma-separated; nothing when empty) as one context."""
     if not names:
         return nullcontext()
-    from .plants import planted as enter  # benchmark code: imported only when asked for
+    from .bench.plants import planted as enter  # benchmark code: imported only when asked for
 
     return enter(names)
 

@@ -41,14 +41,13 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from vsmmu.driver import DEFAULT_MAIR
-from vsmmu.fields import Field, Layout, deposit, extract
-from vsmmu.frontend import SmmuFrontend
-from vsmmu.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW
-from vsmmu.layouts import CD, CMD_ANY, COMMANDS, REGISTERS, S1_DESC, STE, Config
-from vsmmu.layouts import Op as Opcode
-from vsmmu.memory import PAGE_SIZE
-from vsmmu.virtio_iommu import (
+from vsmmu.arch.fields import Field, Layout, deposit, extract
+from vsmmu.arch.layouts import CD, CMD_ANY, COMMANDS, REGISTERS, S1_DESC, STE, Config
+from vsmmu.arch.layouts import Op as Opcode
+from vsmmu.hw.frontend import SmmuFrontend
+from vsmmu.hw.memory import PAGE_SIZE
+from vsmmu.hyp.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW
+from vsmmu.hyp.virtio_iommu import (
     ATTACH_F_BYPASS,
     REQUESTS,
     U64_MAX,
@@ -61,6 +60,7 @@ from vsmmu.virtio_iommu import (
     size_of,
     unmap_req,
 )
+from vsmmu.sw.driver import DEFAULT_MAIR
 
 from .program import GUEST_SLOTS, MAX_OPS, OP_BY_NAME, OPS, Op, Operand, decode, encode
 from .runner import ATOMIC, DMA_BUF, DMA_IOVA, PRIV, SSV, TRANSLATED, W, X

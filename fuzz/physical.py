@@ -1,7 +1,7 @@
 """The physical SMMU alone: malformed structures written straight into its memory.
 
 The smmu harness interprets the same programs (fuzz/program.py) against one
-`vsmmu.smmu.Smmu`, brought up by `vsmmu.driver.SmmuDriver` with six streams:
+`vsmmu.hw.smmu.Smmu`, brought up by `vsmmu.sw.driver.SmmuDriver` with six streams:
 
     sid  stream
     0    stage 1: CD table of 4 (S1DSS=substream 0, EATS=translate); CD0 (ASID 1,
@@ -56,16 +56,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from properties.violations import Violation
-from vsmmu.alloc import Allocator
-from vsmmu.driver import SmmuDriver, cd, ste_abort, ste_bypass, ste_nested, ste_s1, ste_s2
-from vsmmu.faults import RECORD_CONTROLLED, Fault
-from vsmmu.features import Features
-from vsmmu.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW
-from vsmmu.layouts import CD, COMMANDS, EVENT, REG, REGISTERS, Event, Op
-from vsmmu.memory import HYP, PAGE_SIZE, PhysMem
-from vsmmu.pagetable import IpaView, PageTable
-from vsmmu.queue import QueueGeometry
-from vsmmu.smmu import Smmu
+from vsmmu.arch.faults import RECORD_CONTROLLED, Fault
+from vsmmu.arch.features import Features
+from vsmmu.arch.layouts import CD, COMMANDS, EVENT, REG, REGISTERS, Event, Op
+from vsmmu.arch.queue import QueueGeometry
+from vsmmu.hw.memory import HYP, PAGE_SIZE, PhysMem
+from vsmmu.hw.smmu import Smmu
+from vsmmu.hyp.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW
+from vsmmu.sw.alloc import Allocator
+from vsmmu.sw.driver import SmmuDriver, cd, ste_abort, ste_bypass, ste_nested, ste_s1, ste_s2
+from vsmmu.sw.pagetable import IpaView, PageTable
 
 from .mutate import Hints
 from .program import OPS

@@ -28,17 +28,13 @@ from dataclasses import dataclass, field
 
 from properties.monitor import Monitor
 from properties.violations import NO_CRASH, Violation
-from vsmmu.alloc import OutOfMemory
-from vsmmu.driver import CommandError, DriverTimeout
-from vsmmu.faults import FaultError
-from vsmmu.guest import Domain, GuestKernel
-from vsmmu.hypervisor import GUEST_RAM, Hypervisor
-from vsmmu.layouts import COMMANDS, REGISTERS, Op
-from vsmmu.memory import PAGE_SIZE, BusError
-from vsmmu.pagetable import MappingError
-from vsmmu.platform import GuestSpec, Platform, default_platform, load_platform
-from vsmmu.virtio_guest import ViommuDomain, ViommuError, VirtioGuestKernel
-from vsmmu.virtio_iommu import (
+from vsmmu.arch.faults import FaultError
+from vsmmu.arch.layouts import COMMANDS, REGISTERS, Op
+from vsmmu.guests.guest import Domain, GuestKernel
+from vsmmu.guests.virtio_guest import ViommuDomain, ViommuError, VirtioGuestKernel
+from vsmmu.hw.memory import PAGE_SIZE, BusError
+from vsmmu.hyp.hypervisor import GUEST_RAM, Hypervisor
+from vsmmu.hyp.virtio_iommu import (
     ATTACH_F_BYPASS,
     U64_MAX,
     attach_req,
@@ -46,6 +42,10 @@ from vsmmu.virtio_iommu import (
     map_req,
     unmap_req,
 )
+from vsmmu.platform import GuestSpec, Platform, default_platform, load_platform
+from vsmmu.sw.alloc import OutOfMemory
+from vsmmu.sw.driver import CommandError, DriverTimeout
+from vsmmu.sw.pagetable import MappingError
 
 from .program import GUEST_SLOTS, OPS
 from .program import Op as ProgramOp

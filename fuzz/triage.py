@@ -52,8 +52,8 @@ from properties.violations import (
     TLB_CONTAINMENT,
     Violation,
 )
-from vsmmu.layouts import EVENT, Event
-from vsmmu.layouts import Op as Opcode
+from vsmmu.arch.layouts import EVENT, Event
+from vsmmu.arch.layouts import Op as Opcode
 from vsmmu.platform import PlatformError, dump_platform
 
 from .program import Op, ProgramError, encode, load, to_text
@@ -108,7 +108,10 @@ _FRAME_RE = re.compile(r'^\s*File "(?P<path>[^"]+)", line \d+, in (?P<func>\S+)\
 
 def project_frames(tb: str) -> list[str]:
     """`package.module.function` of the project frames of the last exception in a
-    formatted traceback, innermost first (line numbers dropped)."""
+    formatted traceback, innermost first (line numbers dropped).  A module is named
+    by its file name alone, not by the room it sits in (`vsmmu/hw/walk.py` is
+    `vsmmu.walk`): signatures are promises, and stay the same when modules move
+    between rooms.  File names are unique within each package (a test keeps them so)."""
     last = tb.rsplit("Traceback (most recent call last):", 1)[-1]
     frames = []
     for line in last.splitlines():
@@ -118,8 +121,7 @@ def project_frames(tb: str) -> list[str]:
         path = os.path.abspath(m["path"])
         for package, prefix in _PACKAGE_DIRS:
             if path.startswith(prefix) and path.endswith(".py"):
-                module = path[len(prefix):-3].replace(os.sep, ".")
-                frames.append(f"{package}.{module}.{m['func']}")
+                frames.append(f"{package}.{os.path.basename(path)[:-3]}.{m['func']}")
                 break
     return frames[::-1]
 

@@ -20,12 +20,12 @@ changes.
 
 from __future__ import annotations
 
-from vsmmu.frontend import Initiator
-from vsmmu.hypervisor import IPA_BITS, Guest, Hypervisor
-from vsmmu.layouts import STE, Config
-from vsmmu.memory import HYP, PAGE_SHIFT, PAGE_SIZE
-from vsmmu.virtio_iommu import Status
-from vsmmu.virtual import VSmmu
+from vsmmu.arch.layouts import STE, Config
+from vsmmu.hw.frontend import Initiator
+from vsmmu.hw.memory import HYP, PAGE_SHIFT, PAGE_SIZE
+from vsmmu.hyp.hypervisor import IPA_BITS, Guest, Hypervisor
+from vsmmu.hyp.virtio_iommu import Status
+from vsmmu.hyp.virtual import VSmmu
 
 from .predicates import command_confined, event_confined, stage2_authority
 from .violations import (

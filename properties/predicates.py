@@ -6,9 +6,9 @@ from __future__ import annotations
 from functools import reduce
 from typing import Any
 
-from vsmmu import bv
-from vsmmu.layouts import CMD_ANY, COMMANDS, EVENT, STE, Config, Op
-from vsmmu.transfer import VSTE_ALLOWED, GuestContext
+from vsmmu.arch import bv
+from vsmmu.arch.layouts import CMD_ANY, COMMANDS, EVENT, STE, Config, Op
+from vsmmu.hyp.transfer import VSTE_ALLOWED, GuestContext
 
 # The hypervisor's half of a guest stream's STE: every stage-2 field and the VMID.
 S2_FIELDS = ("S2VMID", "S2T0SZ", "S2SL0", "S2IR0", "S2OR0", "S2SH0", "S2TG", "S2PS",

@@ -1,6 +1,6 @@
 """Universal proofs of the vSMMU's transfer functions.
 
-Each proof runs the transfer function the vSMMU executes (vsmmu/transfer.py)
+Each proof runs the transfer function the vSMMU executes (vsmmu/hyp/transfer.py)
 on a Z3 bit-vector standing for *every* guest input, and asks Z3 for an input
 that breaks the predicate (properties/predicates.py).  `unsat` is a proof;
 a model is a counterexample, which is replayed on the integer code before it
@@ -19,9 +19,9 @@ from typing import Any
 
 import z3
 
-from vsmmu.hypervisor import Hypervisor
-from vsmmu.layouts import EVENT, STE
-from vsmmu.transfer import (
+from vsmmu.arch.layouts import EVENT, STE
+from vsmmu.hyp.hypervisor import Hypervisor
+from vsmmu.hyp.transfer import (
     Action,
     GuestContext,
     HostStream,

@@ -16,7 +16,7 @@ The monitor runs them when a guest's stage 2 changes; `check_guest`
 remembers each answer by what it depends on (the unrolled tables, not where
 they lie).  Each query gets a fresh solver with a time limit, and Z3's
 `unknown` is its own outcome.  The symbolic walk is checked against the
-concrete walker (vsmmu/walk.py) by a differential test.
+concrete walker (vsmmu/hw/walk.py) by a differential test.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from typing import Any
 
 import z3
 
-from vsmmu.hypervisor import Guest, Hypervisor
-from vsmmu.layouts import S2_DESC
-from vsmmu.memory import PAGE_SHIFT, BusError, PhysMem
-from vsmmu.walk import GRANULES, S2Config, s2_geometry
+from vsmmu.arch.layouts import S2_DESC
+from vsmmu.hw.memory import PAGE_SHIFT, BusError, PhysMem
+from vsmmu.hw.walk import GRANULES, S2Config, s2_geometry
+from vsmmu.hyp.hypervisor import Guest, Hypervisor
 
 from .solver import find
 from .violations import S2_CONTAINMENT, TLB_CONTAINMENT
@@ -213,7 +213,7 @@ def _relevant(allowed: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[in
 def _query(prop: str, guest: str, cases: list[z3.BoolRef], names: dict[str, Any],
            timeout_ms: int) -> StateResult:
     """Is any case satisfiable?  One fresh solver on their disjunction.  Measured
-    at 512 scattered mappings (fuzz/bench_properties.py): 0.9 s, against 3.1 s
+    at 512 scattered mappings (fuzz/bench/checks.py): 0.9 s, against 3.1 s
     with assumption literals on one incremental solver and 1.4 s with a fresh
     solver per case."""
     answer = find(z3.Or(*cases) if cases else z3.BoolVal(False), names, timeout_ms)
@@ -241,7 +241,7 @@ def _s2_query(cfg: S2Config, tables: tuple[LeafTable, ...], allowed: tuple[tuple
 
 def tlb_containment(entries, allowed: list[tuple[int, int]], guest: str = "",
                     timeout_ms: int = TIMEOUT_MS) -> StateResult:
-    """`entries`: the guest's IOTLB entries (vsmmu.tlb.TlbEntry)."""
+    """`entries`: the guest's IOTLB entries (vsmmu.hw.tlb.TlbEntry)."""
     return replace(_tlb_query(_spans(entries), tuple(_merged(allowed)), timeout_ms), guest=guest)
 
 

@@ -7,7 +7,7 @@ structures written into memory, commands pushed into the command-queue memory
 followed by a PROD doorbell, and event records read back as raw 256-bit
 records from the event-queue memory.
 
-Inputs (STEs, CDs, commands) may be built by field name from vsmmu.layouts;
+Inputs (STEs, CDs, commands) may be built by field name from vsmmu.arch.layouts;
 expected *outputs* in the tests are hand-derived literals.
 
 Memory map (all addresses are PAs; only these regions are backed):
@@ -27,10 +27,10 @@ Memory map (all addresses are PAs; only these regions are backed):
 
 from __future__ import annotations
 
-from vsmmu.features import Features
-from vsmmu.layouts import CD, COMMANDS, STE, Op
-from vsmmu.memory import PhysMem
-from vsmmu.smmu import Smmu
+from vsmmu.arch.features import Features
+from vsmmu.arch.layouts import CD, COMMANDS, STE, Op
+from vsmmu.hw.memory import PhysMem
+from vsmmu.hw.smmu import Smmu
 
 # ------------------------------------------------------------ register offsets
 IDR0, IDR1, IDR2, IDR3, IDR4, IDR5, IIDR, AIDR = 0x0, 0x4, 0x8, 0xC, 0x10, 0x14, 0x18, 0x1C

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from fuzz import bench
-from fuzz.bench import Trial, finding, format_text, plan, run_trial, summarize
-from fuzz.plants import PLANTS
-from vsmmu.cli import main as cli
+from fuzz.bench import bugs as bench
+from fuzz.bench.bugs import Trial, finding, format_text, plan, run_trial, summarize
+from fuzz.bench.plants import PLANTS
+from fuzz.cli import main as cli
 
 
 def test_plan_runs_every_bug_seed_and_fuzzer_then_the_correct_model_per_target():

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from fuzz import bench_speed
+from fuzz.bench import speed as bench_speed
 
 TARGETS = ("system", "smmu")
 MODES = ["off", "concrete", "concrete+z3"]

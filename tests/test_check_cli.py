@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
+from fuzz.cli import main
 from fuzz.program import encode, parse
 from fuzz.runner import DMA_IOVA, boot
-from vsmmu.cli import main
-from vsmmu.hypervisor import GUEST_RAM, Hypervisor
-from vsmmu.memory import PAGE_SIZE
+from vsmmu.hw.memory import PAGE_SIZE
+from vsmmu.hyp.hypervisor import GUEST_RAM, Hypervisor
 
 # Cache nic0's translation of its DMA buffer, balloon that page to g1, DMA again.
 _PAGE = (boot(monitor=False).domains["nic0"].table.translate(DMA_IOVA) - GUEST_RAM) // PAGE_SIZE

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from fuzz import bench_translate
-from vsmmu.cli import main
+from fuzz.bench import translate as bench_translate
+from fuzz.cli import main
 
 
 def run_json(capsys, *argv: str) -> dict:
@@ -18,7 +18,7 @@ def run_json(capsys, *argv: str) -> dict:
 def test_demo_observations(capsys):
     out = run_json(capsys, "demo")
     by_step = [(s["device"], s["access"], s["outcome"], s["pa"], s["event"]) for s in out["dma"]]
-    # Expected by hand from the mappings in vsmmu/demo.py: IOVA 0x1000_0000 -> PA
+    # Expected by hand from the mappings in vsmmu/sw/demo.py: IOVA 0x1000_0000 -> PA
     # 0x4000_0000 (RW), 0x1000_1000 -> 0x4000_1000 (RO); the VM's IPA 0x8000_0000 ->
     # PA 0x6000_0000 (2 MiB); its IOVA 0x2000_0000 -> IPA 0x8000_0000.
     assert by_step[0][2:4] == ("ok", 0x4000_0010)

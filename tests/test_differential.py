@@ -1,4 +1,4 @@
-"""Differential testing against QEMU's SMMUv3 (fuzz/differential.py, fuzz/qemu_peer.py).
+"""Differential testing against QEMU's SMMUv3 (fuzz/peers/differential.py, fuzz/peers/qemu_peer.py).
 
 Without QEMU: event normalisation and collapsing, comparison, the scenario
 generator, the known-divergence table and its classifier (fed with "QEMU"
@@ -22,8 +22,8 @@ import time
 
 import pytest
 
-from fuzz import differential as diff
-from fuzz.differential import (
+from fuzz.peers import differential as diff
+from fuzz.peers.differential import (
     DATA,
     EXPLAINED,
     KIND_WEIGHTS,
@@ -43,9 +43,9 @@ from fuzz.differential import (
     generate,
     normalise,
 )
-from fuzz.qemu_peer import EDU_ID, PeerCrash, PeerError, QemuPeer, features_from_idr
-from vsmmu.faults import Fault
-from vsmmu.layouts import EVENT, Event, FaultClass
+from fuzz.peers.qemu_peer import EDU_ID, PeerCrash, PeerError, QemuPeer, features_from_idr
+from vsmmu.arch.faults import Fault
+from vsmmu.arch.layouts import EVENT, Event, FaultClass
 
 # ID registers as QEMU reports them (shared/reference/qemu-peer.md §3)
 IDR_10 = dict(IDR0=0x0D44101B, IDR1=0x02730010, IDR2=0, IDR3=0x1414, IDR4=0, IDR5=0x74,
@@ -393,9 +393,9 @@ def test_fixed_seed_slice_is_fully_explained():
 def test_prototype_dma_through_qemus_smmu():
     """qemu-peer.md §4 with our driver and page-table builder: data lands at the
     translated PA; an unmapped IOVA gives one (collapsed) F_TRANSLATION."""
-    from vsmmu.alloc import Allocator
-    from vsmmu.driver import SmmuDriver, cd, ste_s1
-    from vsmmu.pagetable import PageTable
+    from vsmmu.sw.alloc import Allocator
+    from vsmmu.sw.driver import SmmuDriver, cd, ste_s1
+    from vsmmu.sw.pagetable import PageTable
 
     with QemuPeer(require_qemu()) as p:
         p.load_buffer(bytes(range(256)) * 8, diff.SCRATCH)

@@ -1,4 +1,4 @@
-"""vsmmu.driver end to end: the driver programs a real `Smmu` over `PhysMem` through its
+"""vsmmu.sw.driver end to end: the driver programs a real `Smmu` over `PhysMem` through its
 MMIO and memory ports only, and devices DMA through `smmu.dma`.  Expected addresses
 follow by hand from the mappings each test asks for; golden STE/CD words are worked
 out from IHI 0070 field positions (see tests/test_layouts.py for the conventions).
@@ -11,8 +11,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from vsmmu.alloc import Allocator
-from vsmmu.driver import (
+from vsmmu.arch.features import Features
+from vsmmu.arch.layouts import CD, CMD_ANY, COMMANDS, L1_CD, L1_STD, REG, STE, CmdError, Event, Op
+from vsmmu.arch.queue import QueueGeometry
+from vsmmu.hw.memory import PhysMem
+from vsmmu.hw.smmu import Smmu
+from vsmmu.sw.alloc import Allocator
+from vsmmu.sw.driver import (
     DEFAULT_MAIR,
     CommandError,
     DriverTimeout,
@@ -29,12 +34,7 @@ from vsmmu.driver import (
     ste_used,
     update_steps,
 )
-from vsmmu.features import Features
-from vsmmu.layouts import CD, CMD_ANY, COMMANDS, L1_CD, L1_STD, REG, STE, CmdError, Event, Op
-from vsmmu.memory import PhysMem
-from vsmmu.pagetable import IpaView, PageTable
-from vsmmu.queue import QueueGeometry
-from vsmmu.smmu import Smmu
+from vsmmu.sw.pagetable import IpaView, PageTable
 
 K4, K16, K64 = 4096, 16384, 65536
 M2, M32, M512, G1 = 1 << 21, 1 << 25, 1 << 29, 1 << 30

@@ -1,4 +1,4 @@
-"""Golden tests for vsmmu.faults: event records built and parsed from a Fault.
+"""Golden tests for vsmmu.arch.faults: event records built and parsed from a Fault.
 
 Expected records are 32-bit words, word 0 first, as QEMU's event queue dumps
 them (qemu-peer.md §4), or worked out by hand from IHI 0070 §7.3.
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from vsmmu.faults import RECORD_CONTROLLED, Fault, FaultError
-from vsmmu.layouts import EVENT, Event, FaultClass
+from vsmmu.arch.faults import RECORD_CONTROLLED, Fault, FaultError
+from vsmmu.arch.layouts import EVENT, Event, FaultClass
 
 
 def words(*ws: int) -> int:

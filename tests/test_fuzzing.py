@@ -1,6 +1,6 @@
 """Structure-aware fuzzing: the mutator and crossover, the dictionary, the physical
 SMMU checks, the harness scripts under libFuzzer, and campaigns (clean, and against
-a model with a bug planted at run time by fuzz/plants.py)."""
+a model with a bug planted at run time by fuzz/bench/plants.py)."""
 
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ from fuzz.mutate import VIRTIO as VIRTIO_BIAS
 from fuzz.physical import FAULT_REPORTING, PhysicalRunner
 from fuzz.program import MAX_OPS, OP_BY_NAME, Op, decode, encode, parse
 from fuzz.runner import DMA_IOVA, boot
-from vsmmu.hypervisor import GUEST_RAM
-from vsmmu.layouts import CD, COMMANDS, STE
-from vsmmu.layouts import Op as Opcode
-from vsmmu.memory import PAGE_SIZE
-from vsmmu.smmu import Smmu
+from vsmmu.arch.layouts import CD, COMMANDS, STE
+from vsmmu.arch.layouts import Op as Opcode
+from vsmmu.hw.memory import PAGE_SIZE
+from vsmmu.hw.smmu import Smmu
+from vsmmu.hyp.hypervisor import GUEST_RAM
 
 HARNESSES = Path(campaign.__file__).with_name("harnesses")
 

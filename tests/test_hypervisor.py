@@ -25,10 +25,10 @@ from vsmmu_env import (
     s2_only_ste,
 )
 
-from vsmmu.driver import ste_s1
-from vsmmu.guest import GuestKernel
-from vsmmu.memory import BusError
+from vsmmu.guests.guest import GuestKernel
+from vsmmu.hw.memory import BusError
 from vsmmu.platform import GuestSpec
+from vsmmu.sw.driver import ste_s1
 
 SYNC = 0x46
 F_TRANSLATION = 0x10

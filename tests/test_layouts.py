@@ -1,4 +1,4 @@
-"""Golden tests for vsmmu.layouts / vsmmu.fields.
+"""Golden tests for vsmmu.arch.layouts / vsmmu.arch.fields.
 
 Every expected integer below is a literal worked out by hand from Arm IHI 0070
 (field tables), the QEMU-verified words in reference/qemu-peer.md, or the Linux
@@ -14,9 +14,9 @@ import z3
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vsmmu.faults import Fault
-from vsmmu.fields import Decoded, Field, Layout, LayoutError
-from vsmmu.layouts import (
+from vsmmu.arch.faults import Fault
+from vsmmu.arch.fields import Decoded, Field, Layout, LayoutError
+from vsmmu.arch.layouts import (
     CD,
     CMD_ANY,
     COMMANDS,

@@ -1,10 +1,10 @@
-"""Tests for vsmmu.memory: ownership, scrubbing, bus errors, observers."""
+"""Tests for vsmmu.hw.memory: ownership, scrubbing, bus errors, observers."""
 
 from __future__ import annotations
 
 import pytest
 
-from vsmmu.memory import FREE, HYP, PAGE_SIZE, BusError, PhysMem
+from vsmmu.hw.memory import FREE, HYP, PAGE_SIZE, BusError, PhysMem
 
 
 @pytest.fixture

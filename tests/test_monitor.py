@@ -18,11 +18,11 @@ from properties.violations import (
     TLB_CONTAINMENT,
     Violation,
 )
-from vsmmu import transfer, virtual
-from vsmmu.guest import GuestKernel
-from vsmmu.hypervisor import MSI_WINDOW, Hypervisor
-from vsmmu.layouts import COMMANDS, EVENT, REG, Op
-from vsmmu.memory import PAGE_SIZE
+from vsmmu.arch.layouts import COMMANDS, EVENT, REG, Op
+from vsmmu.guests.guest import GuestKernel
+from vsmmu.hw.memory import PAGE_SIZE
+from vsmmu.hyp import transfer, virtual
+from vsmmu.hyp.hypervisor import MSI_WINDOW, Hypervisor
 
 IOVA = 0x1000_0000
 

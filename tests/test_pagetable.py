@@ -1,6 +1,6 @@
-"""vsmmu.pagetable and vsmmu.alloc: descriptor words checked against literals worked out
+"""vsmmu.sw.pagetable and vsmmu.sw.alloc: descriptor words checked against literals worked out
 by hand from VMSAv8-64, and every table cross-checked with the independent walker
-(vsmmu.walk), which is what the SMMU model uses.
+(vsmmu.hw.walk), which is what the SMMU model uses.
 
 Descriptor arithmetic (same conventions as tests/test_walk.py):
   bits[1:0] 0b11 table/page, 0b01 block;  0x300 SH inner;  0x400 AF
@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import pytest
 
-from vsmmu.alloc import Allocator, OutOfMemory
-from vsmmu.faults import FaultError
-from vsmmu.layouts import Event
-from vsmmu.memory import PhysMem
-from vsmmu.pagetable import MappingError, PageTable
-from vsmmu.walk import Perm, S1Config, S2Config, walk_s1, walk_s2
+from vsmmu.arch.faults import FaultError
+from vsmmu.arch.layouts import Event
+from vsmmu.hw.memory import PhysMem
+from vsmmu.hw.walk import Perm, S1Config, S2Config, walk_s1, walk_s2
+from vsmmu.sw.alloc import Allocator, OutOfMemory
+from vsmmu.sw.pagetable import MappingError, PageTable
 
 K4, K16, K64 = 4096, 16384, 65536
 M2, M32, M512, G1 = 1 << 21, 1 << 25, 1 << 29, 1 << 30

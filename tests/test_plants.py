@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import pytest
 
+from fuzz.bench.plants import CLASSES, PLANTS, planted
 from fuzz.harness import make_runner
 from fuzz.physical import STRAY_SID
-from fuzz.plants import CLASSES, PLANTS, planted
 from fuzz.program import parse
 from fuzz.runner import DMA_IOVA, boot, fuzz_platform
-from vsmmu.hypervisor import GUEST_RAM
-from vsmmu.layouts import COMMANDS, REGISTERS, STE, Config, Op
-from vsmmu.virtio_iommu import map_req
+from vsmmu.arch.layouts import COMMANDS, REGISTERS, STE, Config, Op
+from vsmmu.hyp.hypervisor import GUEST_RAM
+from vsmmu.hyp.virtio_iommu import map_req
 
 CR0 = REGISTERS.index(next(r for r in REGISTERS if r.name == "CR0"))
 GBPA = REGISTERS.index(next(r for r in REGISTERS if r.name == "GBPA"))

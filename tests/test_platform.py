@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from vsmmu.features import Features
+from vsmmu.arch.features import Features
 from vsmmu.platform import (
     MAX_DEVICES,
     MAX_FILE_BYTES,

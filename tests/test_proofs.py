@@ -7,13 +7,13 @@ import json
 
 import pytest
 
+from fuzz.cli import main
 from properties.predicates import command_confined, event_confined, stage2_authority
 from properties.proofs import prove_all, prove_commands, prove_events, prove_vste
-from vsmmu import bv
-from vsmmu.cli import main
-from vsmmu.hypervisor import Hypervisor
-from vsmmu.layouts import COMMANDS, EVENT, STE, Config, Op
-from vsmmu.transfer import HostStream, guest_command, guest_event, vste_to_pste
+from vsmmu.arch import bv
+from vsmmu.arch.layouts import COMMANDS, EVENT, STE, Config, Op
+from vsmmu.hyp.hypervisor import Hypervisor
+from vsmmu.hyp.transfer import HostStream, guest_command, guest_event, vste_to_pste
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Device-level tests of vsmmu.smmu's command queue: every opcode with its effect,
+"""Device-level tests of vsmmu.hw.smmu's command queue: every opcode with its effect,
 every CERROR path, and the PROD/CONS arithmetic.
 
 Commands are built by field name (inputs); what is checked is architecture-observable:
@@ -43,8 +43,8 @@ from smmu_env import (
     words,
 )
 
-from vsmmu.features import Features
-from vsmmu.layouts import STE, Event, Op
+from vsmmu.arch.features import Features
+from vsmmu.arch.layouts import STE, Event, Op
 
 
 def s1_env(**setup) -> Env:

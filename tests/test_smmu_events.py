@@ -1,4 +1,4 @@
-"""Device-level tests of vsmmu.smmu: every event the model produces, read back as raw
+"""Device-level tests of vsmmu.hw.smmu: every event the model produces, read back as raw
 records from the event-queue memory, and the rules for when a record is written.
 
 Records are compared as four 64-bit dwords (dword 0 first), each a literal worked out
@@ -61,8 +61,8 @@ from smmu_env import (
     words,
 )
 
-from vsmmu.features import Features
-from vsmmu.layouts import STE, Event, Op
+from vsmmu.arch.features import Features
+from vsmmu.arch.layouts import STE, Event, Op
 
 
 def s1_env(**setup) -> Env:

@@ -1,4 +1,4 @@
-"""Device-level register tests of vsmmu.smmu: ID registers for several feature sets,
+"""Device-level register tests of vsmmu.hw.smmu: ID registers for several feature sets,
 read-only and locked registers, acknowledgement registers, 32-bit halves of 64-bit
 registers, RAZ/WI accesses, page 1, plus Hypothesis robustness checks (random register
 writes, random STEs) that must never raise out of the device.
@@ -56,9 +56,9 @@ from smmu_env import (
     Env,
 )
 
-from vsmmu.features import Features
-from vsmmu.layouts import STE, Event
-from vsmmu.smmu import AtsResult, DmaResult
+from vsmmu.arch.features import Features
+from vsmmu.arch.layouts import STE, Event
+from vsmmu.hw.smmu import AtsResult, DmaResult
 
 ID_OFFSETS = (IDR0, IDR1, IDR2, IDR3, IDR4, IDR5, IIDR, AIDR)
 

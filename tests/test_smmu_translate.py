@@ -1,4 +1,4 @@
-"""Device-level translation tests of vsmmu.smmu: stream tables (linear, 2-level with
+"""Device-level translation tests of vsmmu.hw.smmu: stream tables (linear, 2-level with
 SPLIT 6/8/10), CD tables (linear, 2-level with 4K and 64K leaves), one DMA per stage-1
 granule and half (TTB0/TTB1), stage-2-only and nested DMA, 4K splitting, and bounded
 caches.  Walk-level details live in tests/test_walk.py; here every table is written as
@@ -32,8 +32,8 @@ from smmu_env import (
     words,
 )
 
-from vsmmu.features import Features
-from vsmmu.layouts import CD, STE, Event, Op
+from vsmmu.arch.features import Features
+from vsmmu.arch.layouts import CD, STE, Event, Op
 
 PATTERN = bytes(range(256))
 

@@ -35,12 +35,12 @@ from hypothesis.stateful import (
 from fuzz.program import GUEST_SLOTS, OP_BY_NAME, OPS, Op, to_text
 from fuzz.runner import DMA_BUF, DMA_IOVA, W, boot, execute
 from properties.violations import Violation
-from vsmmu.driver import cd, ste_s1
-from vsmmu.fields import Field
-from vsmmu.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW
-from vsmmu.layouts import CD, COMMANDS, REGISTERS, S1_DESC, STE, Config
-from vsmmu.memory import PAGE_SIZE, BusError
-from vsmmu.pagetable import MappingError
+from vsmmu.arch.fields import Field
+from vsmmu.arch.layouts import CD, COMMANDS, REGISTERS, S1_DESC, STE, Config
+from vsmmu.hw.memory import PAGE_SIZE, BusError
+from vsmmu.hyp.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW
+from vsmmu.sw.driver import cd, ste_s1
+from vsmmu.sw.pagetable import MappingError
 
 
 @functools.cache
@@ -316,7 +316,7 @@ TestIsolationMachine = IsolationMachine.TestCase
 def test_the_machine_finds_a_planted_stale_translation(monkeypatch):
     """Non-vacuity: with the hypervisor's stage-2 invalidation removed, the machine
     finds the stale IOTLB entry and shrinks it to DMA + unmap."""
-    monkeypatch.setattr("vsmmu.hypervisor.Hypervisor._invalidate_s2",
+    monkeypatch.setattr("vsmmu.hyp.hypervisor.Hypervisor._invalidate_s2",
                         lambda self, guest, ranges: None)
     with pytest.raises(AssertionError, match="tlb-containment") as e:
         run_state_machine_as_test(IsolationMachine, settings=settings(

@@ -1,4 +1,4 @@
-"""The vSMMU's transfer functions (vsmmu/transfer.py) on integers, against golden
+"""The vSMMU's transfer functions (vsmmu/hyp/transfer.py) on integers, against golden
 words worked out by hand, and the same functions run on Z3 bit-vectors: for all
 512-bit vSTEs, 128-bit commands and 256-bit event records, what reaches the
 hardware or the guest stays inside the guest.
@@ -21,9 +21,9 @@ from __future__ import annotations
 import pytest
 import z3
 
-from vsmmu.faults import FETCH_EVENTS, WALK_EVENTS
-from vsmmu.layouts import CMD_ANY, COMMANDS, EVENT, STE, Op
-from vsmmu.transfer import (
+from vsmmu.arch.faults import FETCH_EVENTS, WALK_EVENTS
+from vsmmu.arch.layouts import CMD_ANY, COMMANDS, EVENT, STE, Op
+from vsmmu.hyp.transfer import (
     GUEST_EVENTS,
     Action,
     GuestContext,

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 
 import fuzz.triage as triage
-import vsmmu.virtual
+import vsmmu.hyp.virtual
 from fuzz.program import Op, encode, parse, to_text
 from fuzz.runner import DMA_IOVA, Runner, boot, fuzz_platform
 from fuzz.triage import classify, emit_test, minimize, project_frames
-from vsmmu.driver import ste_s1
-from vsmmu.hypervisor import GUEST_RAM, Hypervisor
-from vsmmu.layouts import STE, Config
-from vsmmu.memory import PAGE_SIZE
+from vsmmu.arch.layouts import STE, Config
+from vsmmu.hw.memory import PAGE_SIZE
+from vsmmu.hyp.hypervisor import GUEST_RAM, Hypervisor
 from vsmmu.platform import dump_platform
+from vsmmu.sw.driver import ste_s1
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,14 +35,14 @@ def plant_no_s2_invalidation(monkeypatch):
 
 def plant_bypass_passthrough(monkeypatch):
     """The vSMMU installs a guest's bypass vSTE as it is: the device escapes stage 2."""
-    real = vsmmu.virtual.vste_to_pste
+    real = vsmmu.hyp.virtual.vste_to_pste
 
     def planted(vste, host):
         if STE.get(vste, "V") and STE.get(vste, "CONFIG") == Config.BYPASS:
             return vste
         return real(vste, host)
 
-    monkeypatch.setattr(vsmmu.virtual, "vste_to_pste", planted)
+    monkeypatch.setattr(vsmmu.hyp.virtual, "vste_to_pste", planted)
 
 
 def _buffer_page() -> int:
@@ -107,7 +107,7 @@ def test_no_crash_signature_is_exception_and_top_project_frames(runner, monkeypa
     def broken(*args, **kw):  # a frame outside the project: not in the signature
         raise ZeroDivisionError("planted")
 
-    monkeypatch.setattr("vsmmu.smmu.Smmu.ats_request", broken)
+    monkeypatch.setattr("vsmmu.hw.smmu.Smmu.ats_request", broken)
     finding = classify(runner.run(parse(f"ats device=0x4 iova={DMA_IOVA:#x} flags=0x0 ssid=0x0")))
     assert finding.invariant == "no-crash"
     assert finding.signature == ("no-crash:ZeroDivisionError:"
@@ -122,8 +122,8 @@ def test_project_frames_skip_foreign_frames_and_line_numbers():
         '  File "/x/site-packages/atheris/__init__.py", line 3, in Fuzz',
         f'  File "{here}/fuzz/runner.py", line 120, in _run',
         '  File "/usr/lib/python3.11/copy.py", line 9, in deepcopy',
-        f'  File "{here}/vsmmu/smmu.py", line 401, in dma',
-        f'  File "{here}/vsmmu/walk.py", line 77, in walk_s1',
+        f'  File "{here}/vsmmu/hw/smmu.py", line 401, in dma',
+        f'  File "{here}/vsmmu/hw/walk.py", line 77, in walk_s1',
         '  File "/x/site-packages/hypothesis/core.py", line 5, in run',
         "KeyError: 3",
     ])

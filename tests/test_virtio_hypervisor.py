@@ -9,12 +9,12 @@ import pytest
 
 from fuzz.runner import DMA_BUF, DMA_IOVA, boot, fuzz_platform
 from properties.monitor import Monitor
-from vsmmu.hypervisor import GUEST_RAM, MSI_WINDOW, VIRTIO_MAPPINGS
-from vsmmu.layouts import STE, Config
-from vsmmu.memory import PAGE_SIZE
+from vsmmu.arch.layouts import STE, Config
+from vsmmu.guests.virtio_guest import ViommuError
+from vsmmu.hw.memory import PAGE_SIZE
+from vsmmu.hyp.hypervisor import GUEST_RAM, MSI_WINDOW, VIRTIO_MAPPINGS
+from vsmmu.hyp.virtio_iommu import FAULT, FaultReason, Status, decode, map_req
 from vsmmu.platform import PlatformError, platform_from_dict
-from vsmmu.virtio_guest import ViommuError
-from vsmmu.virtio_iommu import FAULT, FaultReason, Status, decode, map_req
 
 IOVA = 0x2000_0000
 
@@ -148,7 +148,7 @@ def test_viommu_kind_is_checked():
 def test_check_and_triage_replay_on_the_virtio_platform(capsys):
     from pathlib import Path
 
-    from vsmmu.cli import main
+    from fuzz.cli import main
 
     corpora = Path(__file__).resolve().parents[1] / "corpora"
     assert main(["check", "--json", "--no-z3", "--target", "virtio-iommu",

@@ -1,4 +1,4 @@
-"""Tests for vsmmu.virtio_iommu against virtio 1.2 §5.13 (IOMMU device).
+"""Tests for vsmmu.hyp.virtio_iommu against virtio 1.2 §5.13 (IOMMU device).
 
 Golden byte strings are written out by hand from the spec's structs (all
 fields little-endian, packed), not produced by the module's encoders.
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vsmmu import virtio_iommu as vi
-from vsmmu.virtio_iommu import (
+from vsmmu.hyp import virtio_iommu as vi
+from vsmmu.hyp.virtio_iommu import (
     ATTACH_F_BYPASS,
     MAP_F_MMIO,
     MAP_F_READ,

@@ -65,12 +65,12 @@ from vsmmu_env import (
     s2_only_ste,
 )
 
-from vsmmu.driver import cmd
-from vsmmu.features import Features
-from vsmmu.hypervisor import Hypervisor
-from vsmmu.layouts import REGISTERS, STE, Op
+from vsmmu.arch.features import Features
+from vsmmu.arch.layouts import REGISTERS, STE, Op
+from vsmmu.hyp.hypervisor import Hypervisor
+from vsmmu.hyp.virtual import VSmmu
 from vsmmu.platform import DeviceSpec, GuestSpec, Platform, SmmuSpec
-from vsmmu.virtual import VSmmu
+from vsmmu.sw.driver import cmd
 
 SYNC = 0x46
 ALL_ENABLES = SMMUEN | EVENTQEN | CMDQEN

@@ -35,9 +35,9 @@ from vsmmu_env import (
     s2_only_ste,
 )
 
-from vsmmu.driver import cd, cmd, ste_bypass, ste_s1
-from vsmmu.hypervisor import Msi
-from vsmmu.layouts import STE, Config, Op
+from vsmmu.arch.layouts import STE, Config, Op
+from vsmmu.hyp.hypervisor import Msi
+from vsmmu.sw.driver import cd, cmd, ste_bypass, ste_s1
 
 SYNC = 0x46  # CMD_SYNC, CS=none
 RNW, S2, CLASS_TT, CLASS_IN, TTRNW = 1 << 35, 1 << 39, 1 << 40, 2 << 40, 1 << 44

@@ -1,4 +1,4 @@
-"""Golden walks for vsmmu.walk, with every descriptor written out by hand.
+"""Golden walks for vsmmu.hw.walk, with every descriptor written out by hand.
 
 Descriptor arithmetic used below (VMSAv8-64):
   bits[1:0]  0b11 table (levels 0-2) / page (level 3), 0b01 block, bit 0 clear invalid
@@ -20,10 +20,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vsmmu.faults import FaultError
-from vsmmu.layouts import Event, FaultClass
-from vsmmu.memory import PhysMem
-from vsmmu.walk import (
+from vsmmu.arch.faults import FaultError
+from vsmmu.arch.layouts import Event, FaultClass
+from vsmmu.hw.memory import PhysMem
+from vsmmu.hw.walk import (
     GRANULES,
     Access,
     Leaf,

@@ -19,12 +19,12 @@ from properties.z3state import (
     tlb_containment,
     unroll_s2,
 )
-from vsmmu.alloc import Allocator
-from vsmmu.faults import FaultError
-from vsmmu.memory import PhysMem
-from vsmmu.pagetable import PageTable
-from vsmmu.tlb import TlbEntry
-from vsmmu.walk import S2Config, walk_s2
+from vsmmu.arch.faults import FaultError
+from vsmmu.hw.memory import PhysMem
+from vsmmu.hw.tlb import TlbEntry
+from vsmmu.hw.walk import S2Config, walk_s2
+from vsmmu.sw.alloc import Allocator
+from vsmmu.sw.pagetable import PageTable
 
 POOL, RAM = (0x1000_0000, 0x10_0000), 0x8000_0000
 

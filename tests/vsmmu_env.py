@@ -34,10 +34,10 @@ from collections.abc import Iterable, Iterator
 
 from smmu_env import EVENTQ_BASE, EVENTQ_CONS, EVENTQ_PROD
 
-from vsmmu.frontend import Initiator
-from vsmmu.guest import Domain, GuestKernel
-from vsmmu.hypervisor import Hypervisor
-from vsmmu.layouts import CMD_ANY, COMMANDS
+from vsmmu.arch.layouts import CMD_ANY, COMMANDS
+from vsmmu.guests.guest import Domain, GuestKernel
+from vsmmu.hw.frontend import Initiator
+from vsmmu.hyp.hypervisor import Hypervisor
 
 K4 = 0x1000
 RAM = 0x4000_0000  # guest RAM IPA (hypervisor docstring: GUEST_RAM)

@@ -47,7 +47,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .features import Features
+from .arch.features import Features
 
 __all__ = [
     "MAX_DEVICES", "MAX_FILE_BYTES", "MAX_GUESTS", "MAX_SMMUS", "VSID_BITS",

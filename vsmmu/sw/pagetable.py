@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from ..arch.layouts import S1_DESC, S2_DESC, TABLE_DESC
+from ..hw.memory import BusError, PhysMem
+from ..hw.walk import GRANULES, s1_start_level, s2_geometry
 from .alloc import Allocator, MemPort, read_u64, write_u64, zero
-from .layouts import S1_DESC, S2_DESC, TABLE_DESC
-from .memory import BusError, PhysMem
-from .walk import GRANULES, s1_start_level, s2_geometry
 
 SH_INNER = 0b11
 S2_NORMAL_WB = 0b1111  # MemAttr: Normal, Inner and Outer Write-Back Cacheable

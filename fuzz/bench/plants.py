@@ -20,17 +20,18 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from unittest import mock
 
-from vsmmu import frontend, smmu, transfer, virtual, walk
-from vsmmu.decode import decode_ste
-from vsmmu.driver import SmmuDriver
-from vsmmu.faults import Fault, FaultError
-from vsmmu.hypervisor import Hypervisor
-from vsmmu.layouts import STE, CmdError, Config, Event, Op
-from vsmmu.memory import BusError
-from vsmmu.queue import QueueGeometry
-from vsmmu.tlb import Iotlb
-from vsmmu.virtio_backend import VirtioBackend
-from vsmmu.virtio_iommu import REQUESTS, ReqType, Status, VirtioIommu, decode, unmap_req
+from vsmmu.arch.faults import Fault, FaultError
+from vsmmu.arch.layouts import STE, CmdError, Config, Event, Op
+from vsmmu.arch.queue import QueueGeometry
+from vsmmu.hw import frontend, smmu, walk
+from vsmmu.hw.decode import decode_ste
+from vsmmu.hw.memory import BusError
+from vsmmu.hw.tlb import Iotlb
+from vsmmu.hyp import transfer, virtual
+from vsmmu.hyp.hypervisor import Hypervisor
+from vsmmu.hyp.virtio_backend import VirtioBackend
+from vsmmu.hyp.virtio_iommu import REQUESTS, ReqType, Status, VirtioIommu, decode, unmap_req
+from vsmmu.sw.driver import SmmuDriver
 
 # smmu-anchors.md §6, by number.
 CLASSES = {

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from . import demo
+    from vsmmu.sw import demo
 
     result = demo.run()
     print(json.dumps(result, indent=2) if args.json else demo.format_text(result))
@@ -22,8 +22,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .features import Features
-    from .layouts import REG
+    from vsmmu.arch.features import Features
+    from vsmmu.arch.layouts import REG
 
     regs = Features().id_registers()
     if args.json:
@@ -115,8 +115,8 @@ DELEGATED = (
     ("fuzz", "campaign", "run a fuzzing campaign (default: the system harness on the "
      "embedded platform, all invariants, 60 s)"),
     ("triage", "triage", "replay, classify, group and minimize crash inputs"),
-    ("diff-qemu", "differential", "differential test of the SMMUv3 model against QEMU's"),
-    ("bench", "bench", "benchmarks: planted bugs found (ours vs baselines), speed"),
+    ("diff-qemu", "peers.differential", "differential test of the SMMUv3 model against QEMU's"),
+    ("bench", "bench.bugs", "benchmarks: planted bugs found (ours vs baselines), speed"),
 )
 
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import NamedTuple
 
-from .faults import WALK_EVENTS, Fault, FaultError
-from .features import Features
-from .layouts import COMMANDS, EVENT, L1_STD, REG, REG_AT, CmdError, Event
-from .layouts import REG_LAYOUT as _L
+from ..arch.faults import WALK_EVENTS, Fault, FaultError
+from ..arch.features import Features
+from ..arch.layouts import COMMANDS, EVENT, L1_STD, REG, REG_AT, CmdError, Event
+from ..arch.layouts import REG_LAYOUT as _L
+from ..arch.queue import QueueGeometry
 from .memory import BusError
-from .queue import QueueGeometry
 
 STE_SIZE, CMD_SIZE, EVT_SIZE = 64, 16, 32
 

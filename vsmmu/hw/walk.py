@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import ClassVar
 
-from .faults import Fault, FaultError
-from .layouts import S1_DESC, S2_DESC, TABLE_DESC, Event, FaultClass
+from ..arch.faults import Fault, FaultError
+from ..arch.layouts import S1_DESC, S2_DESC, TABLE_DESC, Event, FaultClass
 from .memory import BusError, PhysMem
 
 # Descriptor bit positions, taken from the layout table once at import (the walk

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .alloc import Allocator
-from .hypervisor import GUEST_RAM, Hypervisor
-from .memory import PAGE_SIZE
-from .virtio_iommu import (
+from ..hw.memory import PAGE_SIZE
+from ..hyp.hypervisor import GUEST_RAM, Hypervisor
+from ..hyp.virtio_iommu import (
     MAP_F_READ,
     MAP_F_WRITE,
     Feature,
@@ -33,6 +32,7 @@ from .virtio_iommu import (
     probe_req,
     unmap_req,
 )
+from ..sw.alloc import Allocator
 
 DRIVER_FEATURES = feature_mask(Feature.MAP_UNMAP, Feature.INPUT_RANGE, Feature.DOMAIN_RANGE,
                                Feature.PROBE, Feature.MMIO, Feature.BYPASS_CONFIG)

@@ -14,8 +14,8 @@ by the invalidation that removes it before the page or device is reused:
   retired only after that completes on every SMMU.
 
 A guest gets either one vSMMU per physical SMMU or, with `viommu = "virtio"`,
-one virtio-iommu device for all its endpoints (vsmmu/virtio_iommu.py), whose
-mappings vsmmu/virtio_backend.py composes with the guest's stage 2 into
+one virtio-iommu device for all its endpoints (vsmmu/hyp/virtio_iommu.py), whose
+mappings vsmmu/hyp/virtio_backend.py composes with the guest's stage 2 into
 tables the hypervisor owns; a page taken from the guest leaves those first.
 
 MSIs: each guest has a doorbell page; the guest is told the reserved IOVA
@@ -28,15 +28,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .alloc import Allocator
-from .driver import SmmuDriver, cmd, ste_abort, ste_s2
-from .faults import Fault
-from .frontend import Initiator
-from .layouts import Op
-from .memory import FREE, HYP, PAGE_SIZE, PhysMem
-from .pagetable import IpaView, MappingError, PageTable
-from .platform import DeviceSpec, GuestSpec, Platform, default_platform
-from .smmu import DmaResult, Smmu
+from ..arch.faults import Fault
+from ..arch.layouts import Op
+from ..hw.frontend import Initiator
+from ..hw.memory import FREE, HYP, PAGE_SIZE, PhysMem
+from ..hw.smmu import DmaResult, Smmu
+from ..platform import DeviceSpec, GuestSpec, Platform, default_platform
+from ..sw.alloc import Allocator
+from ..sw.driver import SmmuDriver, cmd, ste_abort, ste_s2
+from ..sw.pagetable import IpaView, MappingError, PageTable
 from .virtio_backend import VirtioBackend
 from .virtio_iommu import Config as ViommuConfig
 from .virtio_iommu import FaultReason, ResvRegion, ResvSubtype, ViommuFault, VirtioIommu

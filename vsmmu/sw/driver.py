@@ -23,9 +23,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .alloc import Allocator, MemPort, write_u64, zero
-from .faults import Fault
-from .layouts import (
+from ..arch.faults import Fault
+from ..arch.layouts import (
     CD,
     CMD_ANY,
     COMMANDS,
@@ -39,7 +38,8 @@ from .layouts import (
     Config,
     Op,
 )
-from .queue import QueueGeometry
+from ..arch.queue import QueueGeometry
+from .alloc import Allocator, MemPort, write_u64, zero
 
 STE_BYTES, CD_BYTES, CMD_BYTES, EVT_BYTES = 64, 64, 16, 32
 STRTAB_SPLIT = 8  # 2-level stream table: 256 STEs (16 KiB) per L2 table, as Linux

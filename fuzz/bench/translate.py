@@ -3,7 +3,7 @@
 an IOTLB hit, a 4-level stage-1 walk (4K granule, 48-bit IOVA) and a nested walk
 (that stage 1 over a 3-level stage 2, every table fetch translated: 24 reads).
 
-    ./run python -m fuzz.bench_translate [--rounds N]
+    ./run python -m fuzz.bench.translate [--rounds N]
 
 Walks are forced by a one-entry IOTLB and two alternating pages, so a "walk"
 is what a miss really costs: walk, insert, evict.  Timings vary with the
@@ -16,13 +16,13 @@ import argparse
 import statistics
 import time
 
-from vsmmu.alloc import Allocator
-from vsmmu.driver import SmmuDriver, cd, ste_nested, ste_s1, ste_s2
-from vsmmu.features import Features
-from vsmmu.layouts import CD
-from vsmmu.memory import HYP, PhysMem
-from vsmmu.pagetable import IpaView, PageTable
-from vsmmu.smmu import Smmu
+from vsmmu.arch.features import Features
+from vsmmu.arch.layouts import CD
+from vsmmu.hw.memory import HYP, PhysMem
+from vsmmu.hw.smmu import Smmu
+from vsmmu.sw.alloc import Allocator
+from vsmmu.sw.driver import SmmuDriver, cd, ste_nested, ste_s1, ste_s2
+from vsmmu.sw.pagetable import IpaView, PageTable
 
 K4 = 4096
 POOL, RAM, GUEST = (0x1000_0000, 0x100_0000), 0x4000_0000, 0x8000_0000

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .faults import Fault, FaultError
-from .features import Features
-from .layouts import CD, STE, TG0_GRANULE, TG1_GRANULE, Config, Event
+from ..arch.faults import Fault, FaultError
+from ..arch.features import Features
+from ..arch.layouts import CD, STE, TG0_GRANULE, TG1_GRANULE, Config, Event
 from .walk import S1Config, S2Config, s2_geometry
 
 S1_FMT_LINEAR, S1_FMT_2LVL_4K, S1_FMT_2LVL_64K = 0, 1, 2

@@ -1,6 +1,6 @@
 """The hypervisor's side of a guest's virtio-iommu: its mappings, on the physical SMMU.
 
-The device (vsmmu/virtio_iommu.py) validates requests and keeps the guest's
+The device (vsmmu/hyp/virtio_iommu.py) validates requests and keeps the guest's
 view; this backend mirrors its decisions into structures the hypervisor owns:
 
 * a translating domain is a stage-2 table in the hypervisor's pool, with a
@@ -33,9 +33,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .driver import ste_abort, ste_s2
-from .memory import PAGE_SIZE
-from .pagetable import MappingError, PageTable
+from ..hw.memory import PAGE_SIZE
+from ..sw.driver import ste_abort, ste_s2
+from ..sw.pagetable import MappingError, PageTable
 from .virtio_iommu import MAP_F_READ, MAP_F_WRITE, BackendError, BackendFault
 
 if TYPE_CHECKING:

@@ -9,11 +9,11 @@ commands (some illegal), and, in the `stale` scenarios, structure updates made
 without the invalidation the architecture requires.
 
 The same program runs twice through the same encoders and the same driver
-(`vsmmu.driver.SmmuDriver`, `vsmmu.pagetable.PageTable`):
-  * on our model: a `vsmmu.smmu.Smmu` over a `PhysMem` laid out like QEMU's
+(`vsmmu.sw.driver.SmmuDriver`, `vsmmu.sw.pagetable.PageTable`):
+  * on our model: a `vsmmu.hw.smmu.Smmu` over a `PhysMem` laid out like QEMU's
     virt machine (128 MiB of RAM at 0x4000_0000, the edu device as SID 8, its
     DMA buffer emulated), with the features QEMU's ID registers advertise;
-  * on QEMU, through `fuzz.qemu_peer.QemuPeer` (qtest, edu as DMA master).
+  * on QEMU, through `fuzz.peers.qemu_peer.QemuPeer` (qtest, edu as DMA master).
 Compared: the bytes that landed in the data window, the edu buffer (what DMA
 reads returned), per step the event records (QEMU's one-record-per-4-bytes
 duplicates collapsed, its documented record quirks normalised), EVENTQ
@@ -32,7 +32,7 @@ if our model with the quirks switched on reproduces QEMU's observation exactly;
 the smallest such set is reported.  Rows that cannot be replayed (crashes,
 stale caches, a geometry we reject outright) match the whole case.
 `NORMALISATIONS` lists the event-record quirks folded away before comparing.
-Run: `vsmmu diff-qemu` (see `add_arguments`/`main`), or `python -m fuzz.differential`.
+Run: `vsmmu diff-qemu` (see `add_arguments`/`main`), or `python -m fuzz.peers.differential`.
 """
 
 from __future__ import annotations
@@ -49,14 +49,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
-from vsmmu.alloc import Allocator, read_u64, write_u64
-from vsmmu.decode import BadConfig, StreamConfig, decode_ste
-from vsmmu.driver import CommandError, SmmuDriver, ste_abort, ste_bypass, ste_nested, ste_s1, ste_s2
-from vsmmu.driver import cd as make_cd
-from vsmmu.driver import cmd as make_cmd
-from vsmmu.faults import TRANSACTION_EVENTS, WALK_EVENTS, Fault, FaultError
-from vsmmu.features import Features
-from vsmmu.layouts import (
+from vsmmu.arch.faults import TRANSACTION_EVENTS, WALK_EVENTS, Fault, FaultError
+from vsmmu.arch.features import Features
+from vsmmu.arch.layouts import (
     CD,
     COMMANDS,
     EVENT,
@@ -71,11 +66,24 @@ from vsmmu.layouts import (
     FaultClass,
     Op,
 )
-from vsmmu.memory import BusError, PhysMem
-from vsmmu.pagetable import IpaView, PageTable
-from vsmmu.queue import QueueGeometry
-from vsmmu.smmu import READ, Aborted, Smmu
-from vsmmu.walk import GRANULES, s1_start_level, s2_geometry
+from vsmmu.arch.queue import QueueGeometry
+from vsmmu.hw.decode import BadConfig, StreamConfig, decode_ste
+from vsmmu.hw.memory import BusError, PhysMem
+from vsmmu.hw.smmu import READ, Aborted, Smmu
+from vsmmu.hw.walk import GRANULES, s1_start_level, s2_geometry
+from vsmmu.sw.alloc import Allocator, read_u64, write_u64
+from vsmmu.sw.driver import (
+    CommandError,
+    SmmuDriver,
+    ste_abort,
+    ste_bypass,
+    ste_nested,
+    ste_s1,
+    ste_s2,
+)
+from vsmmu.sw.driver import cd as make_cd
+from vsmmu.sw.driver import cmd as make_cmd
+from vsmmu.sw.pagetable import IpaView, PageTable
 
 from .qemu_peer import EDU_BUF_USABLE, RAM_BASE, RAM_SIZE, PeerCrash, QemuPeer
 
@@ -1703,16 +1711,16 @@ FIXED_OUR_BUGS: tuple[tuple[str, str, str], ...] = (
     ("pagetable-last-slot",
      "DDI 0487 D8: the input range of a table is [0, 2^(64-TxSZ)) (and outputs "
      "[0, 2^PA bits)): its last page or block is mappable.",
-     "vsmmu/pagetable.py rejected a mapping ending exactly at 2^bits (off by one)"),
+     "vsmmu/sw/pagetable.py rejected a mapping ending exactly at 2^bits (off by one)"),
     ("driver-recover-consecutive-errors",
      "IHI 0070 §7.1: after GERRORN acknowledges CMDQ_ERR the SMMU resumes at CONS and "
      "raises CMDQ_ERR again at the next bad command.",
-     "vsmmu/driver.py recover() waited for no error at all and timed out on two bad "
+     "vsmmu/sw/driver.py recover() waited for no error at all and timed out on two bad "
      "commands in a row; it now waits for the stop to move"),
     ("disabled-bypass-beyond-oas",
      "IHI 0070 §3.4: with SMMUEN=0 and GBPA.ABORT=0 an input address beyond the OAS is "
      "aborted, no event recorded.",
-     "vsmmu/smmu.py passed it through to memory"),
+     "vsmmu/hw/smmu.py passed it through to memory"),
 )
 
 
@@ -1982,7 +1990,7 @@ def format_text(report: Report, *, verbose: bool = False) -> str:
 
 
 if __name__ == "__main__":
-    _p = argparse.ArgumentParser(prog="python -m fuzz.differential",
+    _p = argparse.ArgumentParser(prog="python -m fuzz.peers.differential",
                                  description="differential testing against QEMU's SMMUv3")
     add_arguments(_p)
     sys.exit(main(_p.parse_args()))

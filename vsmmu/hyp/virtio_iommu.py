@@ -10,7 +10,7 @@ bytes the device writes into the request's device-writable buffer: empty when
 the buffers go back unwritten (used length zero), else the tail -- or, for
 PROBE, the properties and the tail.
 
-Each byte layout is one `vsmmu.fields.Layout` table (fields named by byte
+Each byte layout is one `vsmmu.arch.fields.Layout` table (fields named by byte
 offset and size, checked to be packed); the parser, the request encoders
 (`attach_req`, `map_req`, ... used by tests, guest drivers and fuzzers) and
 the config/property/fault encoders all read those tables.
@@ -88,7 +88,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Literal, Protocol
 
-from .fields import Decoded, Field, Layout
+from ..arch.fields import Decoded, Field, Layout
 
 U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1

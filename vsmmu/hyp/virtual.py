@@ -27,11 +27,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from .driver import CommandError
-from .faults import Fault, FaultError
-from .features import Features
-from .frontend import STE_SIZE, SmmuFrontend
-from .layouts import COMMANDS, EVENT, CmdError, Event, Op
+from ..arch.faults import Fault, FaultError
+from ..arch.features import Features
+from ..arch.layouts import COMMANDS, EVENT, CmdError, Event, Op
+from ..hw.frontend import STE_SIZE, SmmuFrontend
+from ..sw.driver import CommandError
 from .transfer import (
     ABORT_STE,
     Action,

@@ -8,7 +8,7 @@
   scattered so that no two are contiguous (the hardest case for the encoding);
 * each universal proof of `vsmmu prove`.
 
-    ./run python -m fuzz.bench_properties [--steps N]
+    ./run python -m fuzz.bench.checks [--steps N]
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import time
 from properties.monitor import Monitor
 from properties.proofs import prove_all
 from properties.z3state import s2_containment
-from vsmmu.alloc import Allocator
-from vsmmu.guest import GuestKernel
-from vsmmu.hypervisor import Hypervisor
-from vsmmu.memory import PhysMem
-from vsmmu.pagetable import PageTable
-from vsmmu.walk import S2Config
+from vsmmu.guests.guest import GuestKernel
+from vsmmu.hw.memory import PhysMem
+from vsmmu.hw.walk import S2Config
+from vsmmu.hyp.hypervisor import Hypervisor
+from vsmmu.sw.alloc import Allocator
+from vsmmu.sw.pagetable import PageTable
 
 IOVA = 0x1000_0000
 

@@ -19,6 +19,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..arch.faults import RECORD_CONTROLLED, Fault, FaultError
+from ..arch.features import Features
+from ..arch.layouts import (
+    COMMANDS,
+    L1_CD,
+    CmdError,
+    Config,
+    Event,
+    FaultClass,
+    Op,
+)
 from .decode import (
     DSS_BYPASS,
     DSS_SUBSTREAM0,
@@ -32,18 +43,7 @@ from .decode import (
     decode_cd,
     decode_ste,
 )
-from .faults import RECORD_CONTROLLED, Fault, FaultError
-from .features import Features
 from .frontend import STE_SIZE, Initiator, SmmuFrontend
-from .layouts import (
-    COMMANDS,
-    L1_CD,
-    CmdError,
-    Config,
-    Event,
-    FaultClass,
-    Op,
-)
 from .memory import BusError, PhysMem
 from .tlb import S2_ONLY, ConfigCache, Iotlb, TlbEntry
 from .walk import Access, Perm, s2_table_fetch, walk_s1, walk_s2

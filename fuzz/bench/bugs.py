@@ -1,6 +1,6 @@
 """`vsmmu bench`: how fast the fuzzer finds the bugs that matter, and how fast it runs.
 
-`vsmmu bench bugs` runs, for every planted bug (fuzz/plants.py) and each of N
+`vsmmu bench bugs` runs, for every planted bug (fuzz/bench/plants.py) and each of N
 seeds, a fresh fuzzing process against the model with that bug, until the
 first finding or the budget, and does the same, side by side in the same
 run, with two baselines on the same fuzz target, invariants and budget:
@@ -10,7 +10,7 @@ run, with two baselines on the same fuzz target, invariants and budget:
   (corpora/<target>/), libFuzzer's -seed=N;
 * `atheris-plain`: the same harness with libFuzzer's own byte-level mutation
   only: no custom mutator or crossover, no dictionary, no seeds;
-* `hypothesis`: stateful random testing (fuzz/baseline_hypothesis.py), one
+* `hypothesis`: stateful random testing (fuzz/bench/baseline_hypothesis.py), one
   rule per operation, every invariant after every step, random.seed(N).
 
 Time to find is wall-clock from the process's start (imports, boot and seed
@@ -33,7 +33,7 @@ unless every run found it); `invariant` is the one that fired most.
 `--plot FILE.png` draws the runs found over time, ours against the baselines
 (needs matplotlib: `pip install -e '.[plot]'`).
 
-`vsmmu bench speed` is fuzz/bench_speed.py.
+`vsmmu bench speed` is fuzz/bench/speed.py.
 """
 
 from __future__ import annotations
@@ -56,16 +56,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import bench_speed
-from .campaign import HARNESSES, SEEDS_ROOT, _positive_float, _positive_int, base_flags
-from .harness import Settings
+from ..campaign import HARNESSES, SEEDS_ROOT, _positive_float, _positive_int, base_flags
+from ..harness import Settings
+from . import speed
 from .plants import PLANTS
 
 FUZZERS = ("ours", "atheris-plain", "hypothesis")
 DEFAULT_BUDGET = 60.0  # seconds per run
 DEFAULT_SEEDS = 3
 FINDING = "FindingError: "  # how a harness's finding starts on libFuzzer's output
-FOUND = "FOUND "  # how fuzz/baseline_hypothesis.py reports one
+FOUND = "FOUND "  # how fuzz/bench/baseline_hypothesis.py reports one
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class Trial:
 def command(fuzzer: str, target: str, seed: int, corpus: Path) -> list[str]:
     """The command line of one run (its settings come from `environment`)."""
     if fuzzer == "hypothesis":
-        return [sys.executable, "-m", "fuzz.baseline_hypothesis", target, str(seed)]
+        return [sys.executable, "-m", "fuzz.bench.baseline_hypothesis", target, str(seed)]
     ours = fuzzer == "ours"
     flags = [*base_flags(corpus.parent, dictionary=ours), f"-seed={seed}", str(corpus)]
     if ours:
@@ -237,7 +237,7 @@ def format_text(result: dict) -> str:
         lines.append(cells)
     out = [f"planted bugs: {len(result['bugs'])}, budget {result['budget_s']:g} s per run, "
            f"times in seconds (med/max over seeds; '-': not every run found it)",
-           bench_speed.table("", head, lines, left=len(head)), ""]
+           speed.table("", head, lines, left=len(head)), ""]
     for f in fuzzers:
         rows = table[f]
         every = sum(r["found"] == r["seeds"] for r in rows)
@@ -302,12 +302,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="FILE.png", help="draw findings over time")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p = sub.add_parser("speed", help="execs/s per harness, translations/s, Z3 costs")
-    bench_speed.add_arguments(p)
+    speed.add_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
     if args.bench == "speed":
-        return bench_speed.main(args)
+        return speed.main(args)
     bugs = args.bugs.split(",") if args.bugs else list(PLANTS)
     fuzzers = args.fuzzers.split(",")
     for name, known, what in ((bugs, PLANTS, "planted bug"), (fuzzers, FUZZERS, "fuzzer")):

@@ -2,11 +2,11 @@
 
 * harness throughput: executions per second of each fuzz target with the
   invariants off / concrete / concrete + Z3, libFuzzer-instrumented and plain
-  (fuzz/bench_harness.py);
+  (fuzz/bench/execs.py);
 * translations per second: an IOTLB hit, a 4-level stage-1 walk, a nested walk
-  (fuzz/bench_translate.py);
+  (fuzz/bench/translate.py);
 * the invariant monitor's cost per DMA step, the Z3 state check at 16 / 128 /
-  512 stage-2 mappings and each universal proof (fuzz/bench_properties.py).
+  512 stage-2 mappings and each universal proof (fuzz/bench/checks.py).
 
 Timings depend on the machine; the ratios within one run are what to compare.
 `--json` prints one object whose shape is kept stable for scripts:
@@ -22,7 +22,7 @@ Timings depend on the machine; the ratios within one run are what to compare.
 `--quick` (which measures tiny sizes, for tests; its figures are noise).
 Progress lines go to stderr.
 
-Run: `vsmmu bench speed [--json] [--quick]`, or `python -m fuzz.bench_speed`.
+Run: `vsmmu bench speed [--json] [--quick]`, or `python -m fuzz.bench.speed`.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from collections.abc import Callable, Iterable
 
 from properties.proofs import prove_all
 
-from . import bench_harness, bench_properties, bench_translate
-from .harness import TARGETS
+from ..harness import TARGETS
+from . import checks, execs, translate
 
-MODES = tuple(bench_harness.MODES)  # off, concrete, concrete+z3
+MODES = tuple(execs.MODES)  # off, concrete, concrete+z3
 MAPPINGS = (16, 128, 512)
 CASES = {  # bench_translate's names -> the keys of the JSON
     "IOTLB hit": "tlb-hit",
@@ -64,25 +64,25 @@ def measure(*, quick: bool = False, targets: Iterable[str] = TARGETS,
     size = QUICK if quick else FULL
     say = progress or (lambda text: None)
 
-    harness = bench_harness.measure(
+    harness = execs.measure(
         tuple(targets), size["inputs"], size["repeat"],
-        instrumented=bench_harness.HAVE_ATHERIS and not quick, progress=say)
+        instrumented=execs.HAVE_ATHERIS and not quick, progress=say)
     for row in harness:
         row["plain_execs_per_s"] = _sig(row["plain_execs_per_s"])
         if row["execs_per_s"] is not None:
             row["execs_per_s"] = _sig(row["execs_per_s"])
 
     say("translate: TLB hit, 4-level stage-1 walk, nested walk")
-    ns = bench_translate.measure(size["rounds"], size["translations"])
+    ns = translate.measure(size["rounds"], size["translations"])
     hit = ns["IOTLB hit"]
-    translate = [{"case": CASES[name], "per_s": _sig(1e9 / t), "us": _sig(t / 1e3),
-                  "ratio_to_hit": _sig(t / hit)} for name, t in ns.items()]
+    translations = [{"case": CASES[name], "per_s": _sig(1e9 / t), "us": _sig(t / 1e3),
+                     "ratio_to_hit": _sig(t / hit)} for name, t in ns.items()]
 
     step_us = {}
     for mode in MODES:
         steps = size["z3_steps" if mode == "concrete+z3" else "steps"]
         say(f"monitor step {mode}: {steps} DMA steps")
-        step_us[mode] = bench_properties.per_step_us(mode, steps)
+        step_us[mode] = checks.per_step_us(mode, steps)
     monitor = [{"mode": mode, "us": _sig(us), "ratio": _sig(us / step_us["off"])}
                for mode, us in step_us.items()]
 
@@ -90,13 +90,13 @@ def measure(*, quick: bool = False, targets: Iterable[str] = TARGETS,
     for n in MAPPINGS:
         say(f"Z3 state check: s2-containment, {n} mappings")
         z3_state.append({"mappings": n,
-                         "ms": _sig(bench_properties.z3_state_ms(n, size["z3_rounds"]))})
+                         "ms": _sig(checks.z3_state_ms(n, size["z3_rounds"]))})
 
     say("universal proofs")
     proofs = [{"property": r.property, "subject": r.subject, "result": r.result,
                "ms": _sig(r.seconds * 1e3)} for r in prove_all()]
 
-    return {"harness": harness, "translate": translate, "z3_state_check": z3_state,
+    return {"harness": harness, "translate": translations, "z3_state_check": z3_state,
             "proofs": proofs, "monitor_step": monitor,
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count() or 1}}
 
@@ -196,7 +196,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _p = argparse.ArgumentParser(prog="python -m fuzz.bench_speed",
+    _p = argparse.ArgumentParser(prog="python -m fuzz.bench.speed",
                                  description="fuzzing, translation and proof speed, side by side")
     add_arguments(_p)
     sys.exit(main(_p.parse_args()))

@@ -15,7 +15,7 @@ empty program.  Two numbers per mode:
 The smmu target has no invariant monitor (its own checks, fuzz/physical.py, are
 always on), so its three rows measure the same thing.  Best of `--repeat` runs.
 
-Usage: python -m fuzz.bench_harness [--inputs N] [--repeat R] [--targets system,smmu]
+Usage: python -m fuzz.bench.execs [--inputs N] [--repeat R] [--targets system,smmu]
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .harness import TARGETS, Settings, make_runner, runner_hints
-from .mutate import BIASES, Mutator
-from .program import decode
+from ..harness import TARGETS, Settings, make_runner, runner_hints
+from ..mutate import BIASES, Mutator
+from ..program import decode
 
 HAVE_ATHERIS = importlib.util.find_spec("atheris") is not None  # the harness scripts need it
 HARNESSES = Path(__file__).resolve().with_name("harnesses")
@@ -108,7 +108,7 @@ def measure(targets: Iterable[str] = TARGETS, inputs: int = 200, repeat: int = 3
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fuzz.bench_harness")
+    parser = argparse.ArgumentParser(prog="python -m fuzz.bench.execs")
     parser.add_argument("--inputs", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--targets", default=",".join(TARGETS))

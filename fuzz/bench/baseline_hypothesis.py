@@ -10,7 +10,7 @@ afternoon with Hypothesis.  Generation only (no shrinking: the benchmark
 measures time to the first failure), 50 steps per example (Hypothesis's
 default), no example database.
 
-    python -m fuzz.baseline_hypothesis TARGET SEED
+    python -m fuzz.bench.baseline_hypothesis TARGET SEED
 
 takes its settings (planted bugs, Z3) from the environment as a harness does
 (fuzz/harness.py: VSMMU_FUZZ_PLANT, VSMMU_FUZZ_Z3), runs until the first
@@ -29,9 +29,9 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
-from .harness import TARGETS, Settings, make_runner, planted
-from .program import OPS, Op, Operand
-from .triage import signature
+from ..harness import TARGETS, Settings, make_runner, planted
+from ..program import OPS, Op, Operand
+from ..triage import signature
 
 STEPS = 50
 START = time.monotonic()
@@ -91,7 +91,7 @@ def hunt(target: str, seed: int, config: Settings) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fuzz.baseline_hypothesis")
+    parser = argparse.ArgumentParser(prog="python -m fuzz.bench.baseline_hypothesis")
     parser.add_argument("target", choices=TARGETS)
     parser.add_argument("seed", type=int)
     args = parser.parse_args(argv)

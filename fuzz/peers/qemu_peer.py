@@ -8,8 +8,8 @@ timer) completes in well under a millisecond of wall time.  Debian builds QEMU
 without the qtest accelerator, so there is no `clock_step`; the qtest protocol
 server itself works under TCG.  See shared/reference/qemu-peer.md.
 
-Everything is reached through the two ports `vsmmu.driver.SmmuDriver` and
-`vsmmu.pagetable.PageTable` expect, so our own encoders program QEMU:
+Everything is reached through the two ports `vsmmu.sw.driver.SmmuDriver` and
+`vsmmu.sw.pagetable.PageTable` expect, so our own encoders program QEMU:
   * `peer.mmio`: the SMMU register page at 0x09050000 (`read(off, size)`,
     `write(off, value, size)`);
   * `peer.mem`: guest RAM through qtest `b64read`/`b64write`.
@@ -41,8 +41,8 @@ import time
 import weakref
 from dataclasses import dataclass
 
-from vsmmu.features import Features
-from vsmmu.layouts import PA_BITS, REG
+from vsmmu.arch.features import Features
+from vsmmu.arch.layouts import PA_BITS, REG
 
 # ------------------------------------------------- the virt machine (hw/arm/virt.c)
 SMMU_BASE = 0x0905_0000

@@ -25,11 +25,11 @@ from enum import IntEnum
 from functools import reduce
 from typing import Any
 
-from . import bv
-from .decode import EATS_S1CHK
-from .faults import FETCH_EVENTS, WALK_EVENTS
-from .fields import is_symbolic
-from .layouts import CMD_ANY, COMMANDS, EVENT, STE, Config, Event, Op
+from ..arch import bv
+from ..arch.faults import FETCH_EVENTS, WALK_EVENTS
+from ..arch.fields import is_symbolic
+from ..arch.layouts import CMD_ANY, COMMANDS, EVENT, STE, Config, Event, Op
+from ..hw.decode import EATS_S1CHK
 
 
 def _mask(layout, names) -> int:

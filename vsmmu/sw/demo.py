@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..arch.layouts import CD, STE, CmdError, Op
+from ..hw.memory import HYP, PhysMem
+from ..hw.smmu import Smmu
 from .alloc import Allocator
 from .driver import CommandError, SmmuDriver, cd, cmd, ste_abort, ste_nested, ste_s1, ste_s2
-from .layouts import CD, STE, CmdError, Op
-from .memory import HYP, PhysMem
 from .pagetable import IpaView, PageTable
-from .smmu import Smmu
 
 K4, M2 = 4096, 1 << 21
 HYP_POOL = (0x1000_0000, 0x100_0000)  # the host's tables and queues

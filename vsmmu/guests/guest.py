@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .alloc import Allocator
-from .driver import EventBatch, SmmuDriver, cd, ste_abort, ste_bypass, ste_s1
-from .hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW, Hypervisor
-from .memory import PAGE_SIZE
-from .pagetable import PageTable
+from ..hw.memory import PAGE_SIZE
+from ..hyp.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW, Hypervisor
+from ..sw.alloc import Allocator
+from ..sw.driver import EventBatch, SmmuDriver, cd, ste_abort, ste_bypass, ste_s1
+from ..sw.pagetable import PageTable
 
 
 @dataclass
