@@ -23,7 +23,7 @@ from pathlib import Path
 
 from vsmmu.arch.layouts import REGISTERS, STE, Config
 from vsmmu.arch.layouts import Op as Opcode
-from vsmmu.hyp.hypervisor import MSI_WINDOW
+from vsmmu.hyp.host import MSI_WINDOW
 
 from .program import OP_BY_NAME, OPS
 from .runner import DMA_IOVA

@@ -46,7 +46,7 @@ from vsmmu.arch.layouts import CD, CMD_ANY, COMMANDS, REGISTERS, S1_DESC, STE, C
 from vsmmu.arch.layouts import Op as Opcode
 from vsmmu.hw.frontend import SmmuFrontend
 from vsmmu.hw.memory import PAGE_SIZE
-from vsmmu.hyp.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW
+from vsmmu.hyp.host import GUEST_RAM, IPA_BITS, MSI_WINDOW
 from vsmmu.hyp.virtio_iommu import (
     ATTACH_F_BYPASS,
     REQUESTS,

@@ -28,24 +28,10 @@ pool; `assign`/`deassign` reinstall a stream's STE or abort it, `s2_map`/
 `reassign` remaps a stage-1 page of stream 0 (with TLBI), `destroy` resets the
 SMMU and `create` brings it up again; `events` and `recover` are the driver's.
 
-Checked after every operation (a `Violation`, as for the system runner):
-  * `no-crash`: nothing raises but the errors software expects of its own
-    driver calls (timeouts, a halted command queue, unbacked memory);
-  * `fault-reporting`: a DMA that faults with a fault the architecture makes
-    recordable is reported, never swallowed, when the event queue is enabled,
-    has room and can be written (no EVENTQ_ABT_ERR): configuration and fetch
-    errors always; translation, address-size, access and permission faults
-    when the configuration the SMMU used has CD.R=1 (stage 1) or STE.S2R=1
-    (stage 2).  The record lands at PROD with the fault's event ID and SID.
-    And the converse: such a fault is not recorded when CD.R=0 or STE.S2R=0;
-  * `stream-bounds`: a transaction whose StreamID is beyond the stream table
-    (SID >> min(STRTAB_BASE_CFG.LOG2SIZE, IDR1.SIDSIZE) != 0) ends in
-    C_BAD_STREAMID, never in an STE read from past the table;
-  * `queue-protocol`, read from the registers as software sees them: an
-    undefined command opcode, or CMD_SYNC with CS=0b11, stops the command
-    queue with CERROR_ILL; while CMDQ_ERR is active the queue does not move;
-    neither queue's PROD and CONS ever drift more than its size apart (the
-    SMMU never overwrites events software has not consumed).
+Checked after every operation: `no-crash` (nothing raises but the errors software
+expects of its own driver calls: timeouts, a halted command queue, unbacked memory)
+and the architecture's own rules, `fault-reporting`, `stream-bounds` and
+`queue-protocol` (properties/architecture.py).
 """
 
 from __future__ import annotations
@@ -55,14 +41,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from properties.violations import Violation
-from vsmmu.arch.faults import RECORD_CONTROLLED, Fault
+from properties.architecture import (
+    beyond_table,
+    check_consumed,
+    check_reported,
+    check_rings,
+    check_stream_bounds,
+    queue_state,
+    rings,
+)
 from vsmmu.arch.features import Features
-from vsmmu.arch.layouts import CD, COMMANDS, EVENT, REG, REGISTERS, Event, Op
-from vsmmu.arch.queue import QueueGeometry
+from vsmmu.arch.layouts import CD, REGISTERS
 from vsmmu.hw.memory import HYP, PAGE_SIZE, PhysMem
 from vsmmu.hw.smmu import Smmu
-from vsmmu.hyp.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW
+from vsmmu.hyp.host import GUEST_RAM, IPA_BITS, MSI_WINDOW
 from vsmmu.sw.alloc import Allocator
 from vsmmu.sw.driver import SmmuDriver, cd, ste_abort, ste_bypass, ste_nested, ste_s1, ste_s2
 from vsmmu.sw.pagetable import IpaView, PageTable
@@ -83,9 +75,6 @@ from .runner import (
     X,
 )
 
-FAULT_REPORTING = "fault-reporting"
-STREAM_BOUNDS = "stream-bounds"
-QUEUE_PROTOCOL = "queue-protocol"
 LOG2_SIDS = 3  # the rig's stream table: SIDs 0..7
 STRAY_SID = 1 << LOG2_SIDS
 EVTQ_LOG2 = 3
@@ -183,135 +172,15 @@ def hints(rig: Rig) -> Hints:
     )
 
 
-# ------------------------------------------------------------ the event queue
-@dataclass(frozen=True)
-class _QueueState:
-    enabled: bool
-    full: bool
-    prod: int
-    abort_active: bool
-    geometry: QueueGeometry
-
-
-def _reg(smmu: Smmu, name: str) -> int:
-    r = REG[name]
-    return smmu.read(r.offset, r.size)
-
-
-def _queue_state(smmu: Smmu) -> _QueueState:
-    """The event queue as software reads it from the registers."""
-    layout = REG["EVENTQ_BASE"].layout
-    base = _reg(smmu, "EVENTQ_BASE")
-    geo = QueueGeometry.from_base_reg(layout.get(base, "ADDR"), layout.get(base, "LOG2SIZE"),
-                                      REG["IDR1"].layout.get(_reg(smmu, "IDR1"), "EVENTQS"), 32)
-    prod = REG["EVENTQ_PROD"].layout.get(_reg(smmu, "EVENTQ_PROD"), "WR")
-    cons = REG["EVENTQ_CONS"].layout.get(_reg(smmu, "EVENTQ_CONS"), "RD")
-    gerror = REG["GERROR"].layout
-    active = gerror.get(_reg(smmu, "GERROR") ^ _reg(smmu, "GERRORN"), "EVENTQ_ABT_ERR")
-    return _QueueState(bool(REG["CR0ACK"].layout.get(_reg(smmu, "CR0ACK"), "EVENTQEN")),
-                       geo.full(prod, cons), prod, bool(active), geo)
-
-
-def record_rule(smmu: Smmu, fault: Fault, sid: int, ssid: int | None) -> tuple[bool, str] | None:
-    """Whether the architecture requires (True) or forbids (False) recording `fault`,
-    with the control that says so; None when the configuration the SMMU used is no
-    longer cached, so we cannot tell."""
-    if fault.event not in RECORD_CONTROLLED:
-        return True, "always"
-    stream = smmu.config_cache.get_ste(sid)
-    if stream is None:
-        return None
-    if fault.s2:
-        return stream.s2_record, f"STE.S2R={int(stream.s2_record)}"
-    ctx = smmu.config_cache.get_cd(sid, ssid or 0) if stream.stage1 else None
-    return None if ctx is None else (ctx.record, f"CD.R={int(ctx.record)}")
-
-
-# ------------------------------------------------------------ queue protocol
-def _field(smmu: Smmu, reg: str, name: str) -> int:
-    return REG[reg].layout.get(_reg(smmu, reg), name)
-
-
-def _cmdq_error(smmu: Smmu) -> bool:
-    return bool(REG["GERROR"].layout.get(_reg(smmu, "GERROR") ^ _reg(smmu, "GERRORN"),
-                                         "CMDQ_ERR"))
-
-
-@dataclass(frozen=True)
-class _Ring:
-    prod: int
-    cons: int  # the whole CONS register (the command queue's holds ERR too)
-    log2: int
-
-    @property
-    def distance(self) -> int:
-        """Entries from CONS to PROD, wrap bit included: at most 2^log2 when sane."""
-        mask = (2 << self.log2) - 1
-        return ((self.prod & mask) - (self.cons & mask)) & mask
-
-
-def _rings(smmu: Smmu) -> dict[str, _Ring | int | None]:
-    """Both queues as software reads them (enabled ones only), and GERRORN while
-    CMDQ_ERR is active (else None)."""
-    # An error acknowledged during the operation (GERRORN written) lets the queue go on.
-    out: dict[str, _Ring | int | None] = {
-        "cmdq_error": _reg(smmu, "GERRORN") if _cmdq_error(smmu) else None}
-    for q in ("CMDQ", "EVENTQ"):
-        if _field(smmu, "CR0ACK", f"{q}EN"):
-            log2 = min(_field(smmu, f"{q}_BASE", "LOG2SIZE"), _field(smmu, "IDR1", f"{q}S"))
-            out[q] = _Ring(_field(smmu, f"{q}_PROD", "WR"), _reg(smmu, f"{q}_CONS"), log2)
-    return out
-
-
-def _check_rings(smmu: Smmu, before: dict[str, _Ring | int | None]) -> None:
-    after = _rings(smmu)
-    cmdq_before, cmdq_after = before.get("CMDQ"), after.get("CMDQ")
-    if (before["cmdq_error"] is not None and before["cmdq_error"] == after["cmdq_error"]
-            and isinstance(cmdq_before, _Ring) and isinstance(cmdq_after, _Ring)
-            and cmdq_before.cons != cmdq_after.cons):
-        raise Violation(QUEUE_PROTOCOL, dict(queue="cmdq", problem="moved while CMDQ_ERR",
-                                             cons_before=cmdq_before.cons,
-                                             cons_after=cmdq_after.cons))
-    for q, smmu_side in (("CMDQ", "cons"), ("EVENTQ", "prod")):
-        old, new = before.get(q), after.get(q)
-        # Only the SMMU's own pointer is its responsibility (software may write the other).
-        if (isinstance(old, _Ring) and isinstance(new, _Ring) and old.log2 == new.log2
-                and getattr(old, smmu_side) != getattr(new, smmu_side)
-                and old.distance <= 1 << old.log2 < new.distance):
-            raise Violation(QUEUE_PROTOCOL, dict(queue=q.lower(), problem="overrun",
-                                                 prod=new.prod, cons=new.cons, log2=new.log2))
-
-
-def _illegal(word: int) -> bool:
-    """Commands every SMMUv3 rejects with CERROR_ILL: an undefined opcode, or
-    CMD_SYNC with the reserved CS=0b11."""
-    op = word & 0xFF
-    return op not in COMMANDS or (op == Op.SYNC and COMMANDS[Op.SYNC].get(word, "CS") == 0b11)
-
-
 def _push(rig: Rig, *words: int) -> None:
     """The driver queues commands; the SMMU must not consume an illegal one
-    without stopping on it.  What it consumed is read back from the registers
-    (CONS before and after) and the queue memory they point at."""
-    before = _rings(rig.smmu)
+    without stopping on it (`check_consumed`)."""
+    before = rings(rig.smmu)
     try:
         rig.drv.submit(*words)
     except GUEST_ERRORS:
         return
-    after = _rings(rig.smmu)
-    old, new = before.get("CMDQ"), after.get("CMDQ")
-    if (before["cmdq_error"] is not None or after["cmdq_error"] is not None
-            or not isinstance(old, _Ring) or not isinstance(new, _Ring) or old.log2 != new.log2
-            or old.distance + len(words) >= 1 << old.log2):  # a slot may be reused: unsure
-        return
-    mask, entries = (2 << old.log2) - 1, 1 << old.log2
-    base = _field(rig.smmu, "CMDQ_BASE", "ADDR") & ~((16 << old.log2) - 1)
-    for k in range(((new.cons & mask) - (old.cons & mask)) & mask):
-        slot = base + ((old.cons + k) & (entries - 1)) * 16
-        word = rig.mem.read_int(slot, 16)
-        if _illegal(word):
-            raise Violation(QUEUE_PROTOCOL, dict(queue="cmdq", problem="illegal command consumed",
-                                                 command=word, slot=slot))
+    check_consumed(rig.smmu, before, rings(rig.smmu), len(words))
 
 
 # ------------------------------------------------------------ the runner
@@ -337,10 +206,10 @@ class PhysicalRunner(SessionRunner):
 
 
 def _checked_step(rig: Rig, op: ProgramOp) -> None:
-    before = _rings(rig.smmu)
+    before = rings(rig.smmu)
     HANDLERS[op.spec.name](rig, op)
     if op.spec.name != "mmio_write":  # software may set any pointer it likes
-        _check_rings(rig.smmu, before)
+        check_rings(rig.smmu, before)
 
 
 def _software(handler):
@@ -415,48 +284,12 @@ def _dma(rig, op):
               translated=bool(f & TRANSLATED))
     if kw["write"]:
         kw["data"] = bytes(range(op.size + 1))
-    before = _queue_state(rig.smmu)
-    beyond = _beyond_table(rig.smmu, s.sid)
+    before = queue_state(rig.smmu)
+    beyond = beyond_table(rig.smmu, s.sid)
     result = rig.smmu.dma(s.sid, op.iova, op.size + 1, **kw)
-    if beyond and (result.fault is None or result.fault.event != Event.C_BAD_STREAMID):
-        raise Violation(STREAM_BOUNDS, dict(sid=s.sid, table_log2=beyond, got=(
-            result.fault.event.name if result.fault else "translated")))
+    check_stream_bounds(s.sid, beyond, result.fault)
     if result.fault is not None:
-        _check_reported(rig.smmu, result.fault, s.sid, ssid, result.recorded, before)
-
-
-def _beyond_table(smmu: Smmu, sid: int) -> int | None:
-    """The stream table's log2 size when `sid` is beyond it and the SMMU must say
-    C_BAD_STREAMID (None: within it, translation off, or its STE already cached)."""
-    if not _field(smmu, "CR0ACK", "SMMUEN") or smmu.config_cache.get_ste(sid) is not None:
-        return None
-    log2 = min(_field(smmu, "STRTAB_BASE_CFG", "LOG2SIZE"), _field(smmu, "IDR1", "SIDSIZE"))
-    return log2 if sid >> log2 else None
-
-
-def _check_reported(smmu: Smmu, fault: Fault, sid: int, ssid: int | None, recorded: bool,
-                    before: _QueueState) -> None:
-    rule = record_rule(smmu, fault, sid, ssid)
-    if rule is None:
-        return
-    required, why = rule
-    if not required:
-        if recorded:
-            raise Violation(FAULT_REPORTING, dict(event=fault.event.name, sid=sid, ssid=ssid,
-                                                  control=why, problem="recorded"))
-        return
-    if not before.enabled or before.full:
-        return
-    after = _queue_state(smmu)
-    if before.abort_active or after.abort_active:
-        return  # the queue's memory is unbacked: EVENTQ_ABT_ERR reports the loss
-    witness = dict(event=fault.event.name, sid=sid, ssid=ssid, s2=fault.s2, control=why)
-    if not recorded or after.prod != before.geometry.inc(before.prod):
-        raise Violation(FAULT_REPORTING, dict(witness, problem="not recorded"))
-    record = smmu.mem.read_int(before.geometry.addr(before.prod), 32)
-    if (EVENT.get(record, "ID"), EVENT.get(record, "SID")) != (fault.event, sid):
-        raise Violation(FAULT_REPORTING, dict(witness, problem="wrong record",
-                                              record_id=EVENT.get(record, "ID")))
+        check_reported(rig.smmu, result.fault, s.sid, ssid, result.recorded, before)
 
 
 def _ats(rig, op):

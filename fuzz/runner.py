@@ -33,7 +33,8 @@ from vsmmu.arch.layouts import COMMANDS, REGISTERS, Op
 from vsmmu.guests.guest import Domain, GuestKernel
 from vsmmu.guests.virtio_guest import ViommuDomain, ViommuError, VirtioGuestKernel
 from vsmmu.hw.memory import PAGE_SIZE, BusError
-from vsmmu.hyp.hypervisor import GUEST_RAM, Hypervisor
+from vsmmu.hyp.host import GUEST_RAM
+from vsmmu.hyp.hypervisor import Hypervisor
 from vsmmu.hyp.virtio_iommu import (
     ATTACH_F_BYPASS,
     U64_MAX,

@@ -23,7 +23,8 @@ from __future__ import annotations
 from vsmmu.arch.layouts import STE, Config
 from vsmmu.hw.frontend import Initiator
 from vsmmu.hw.memory import HYP, PAGE_SHIFT, PAGE_SIZE
-from vsmmu.hyp.hypervisor import IPA_BITS, Guest, Hypervisor
+from vsmmu.hyp.host import IPA_BITS
+from vsmmu.hyp.hypervisor import Guest, Hypervisor
 from vsmmu.hyp.virtio_iommu import Status
 from vsmmu.hyp.virtual import VSmmu
 

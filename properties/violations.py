@@ -16,6 +16,10 @@ MSI_CONFINEMENT = "msi-confinement"
 UNMAP_COMPLETION = "unmap-completion"  # virtio-iommu
 REQUEST_ATOMICITY = "request-atomicity"  # virtio-iommu
 NO_CRASH = "no-crash"
+# The physical SMMU against the architecture (the `smmu` target; properties/architecture.py).
+FAULT_REPORTING = "fault-reporting"
+STREAM_BOUNDS = "stream-bounds"
+QUEUE_PROTOCOL = "queue-protocol"
 
 INVARIANTS = (
     NO_CROSS_GUEST_DMA, S2_AUTHORITY, S2_CONTAINMENT, TLB_CONTAINMENT, CMD_CONFINEMENT,

@@ -9,7 +9,8 @@ from fuzz.cli import main
 from fuzz.program import encode, parse
 from fuzz.runner import DMA_IOVA, boot
 from vsmmu.hw.memory import PAGE_SIZE
-from vsmmu.hyp.hypervisor import GUEST_RAM, Hypervisor
+from vsmmu.hyp.host import GUEST_RAM
+from vsmmu.hyp.hypervisor import Hypervisor
 
 # Cache nic0's translation of its DMA buffer, balloon that page to g1, DMA again.
 _PAGE = (boot(monitor=False).domains["nic0"].table.translate(DMA_IOVA) - GUEST_RAM) // PAGE_SIZE

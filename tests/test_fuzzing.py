@@ -22,14 +22,15 @@ from fuzz.harness import TARGETS
 from fuzz.mutate import SEPARATOR, Generator, Hints, Mutator, mutate_field
 from fuzz.mutate import SYSTEM as SYSTEM_BIAS
 from fuzz.mutate import VIRTIO as VIRTIO_BIAS
-from fuzz.physical import FAULT_REPORTING, PhysicalRunner
+from fuzz.physical import PhysicalRunner
 from fuzz.program import MAX_OPS, OP_BY_NAME, Op, decode, encode, parse
 from fuzz.runner import DMA_IOVA, boot
+from properties.violations import FAULT_REPORTING
 from vsmmu.arch.layouts import CD, COMMANDS, STE
 from vsmmu.arch.layouts import Op as Opcode
 from vsmmu.hw.memory import PAGE_SIZE
 from vsmmu.hw.smmu import Smmu
-from vsmmu.hyp.hypervisor import GUEST_RAM
+from vsmmu.hyp.host import GUEST_RAM
 
 HARNESSES = Path(campaign.__file__).with_name("harnesses")
 

@@ -22,7 +22,8 @@ from vsmmu.arch.layouts import COMMANDS, EVENT, REG, Op
 from vsmmu.guests.guest import GuestKernel
 from vsmmu.hw.memory import PAGE_SIZE
 from vsmmu.hyp import transfer, virtual
-from vsmmu.hyp.hypervisor import MSI_WINDOW, Hypervisor
+from vsmmu.hyp.host import MSI_WINDOW
+from vsmmu.hyp.hypervisor import Hypervisor
 
 IOVA = 0x1000_0000
 

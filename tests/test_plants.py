@@ -13,7 +13,7 @@ from fuzz.physical import STRAY_SID
 from fuzz.program import parse
 from fuzz.runner import DMA_IOVA, boot, fuzz_platform
 from vsmmu.arch.layouts import COMMANDS, REGISTERS, STE, Config, Op
-from vsmmu.hyp.hypervisor import GUEST_RAM
+from vsmmu.hyp.host import GUEST_RAM
 from vsmmu.hyp.virtio_iommu import map_req
 
 CR0 = REGISTERS.index(next(r for r in REGISTERS if r.name == "CR0"))

@@ -38,7 +38,7 @@ from properties.violations import Violation
 from vsmmu.arch.fields import Field
 from vsmmu.arch.layouts import CD, COMMANDS, REGISTERS, S1_DESC, STE, Config
 from vsmmu.hw.memory import PAGE_SIZE, BusError
-from vsmmu.hyp.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW
+from vsmmu.hyp.host import GUEST_RAM, IPA_BITS, MSI_WINDOW
 from vsmmu.sw.driver import cd, ste_s1
 from vsmmu.sw.pagetable import MappingError
 

@@ -20,7 +20,8 @@ from fuzz.runner import DMA_IOVA, Runner, boot, fuzz_platform
 from fuzz.triage import classify, emit_test, minimize, project_frames
 from vsmmu.arch.layouts import STE, Config
 from vsmmu.hw.memory import PAGE_SIZE
-from vsmmu.hyp.hypervisor import GUEST_RAM, Hypervisor
+from vsmmu.hyp.host import GUEST_RAM
+from vsmmu.hyp.hypervisor import Hypervisor
 from vsmmu.platform import dump_platform
 from vsmmu.sw.driver import ste_s1
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..hw.memory import PAGE_SIZE
-from ..hyp.hypervisor import GUEST_RAM, IPA_BITS, MSI_WINDOW, Hypervisor
+from ..hyp.host import GUEST_RAM, IPA_BITS, MSI_WINDOW
+from ..hyp.hypervisor import Hypervisor
 from ..sw.alloc import Allocator
 from ..sw.driver import EventBatch, SmmuDriver, cd, ste_abort, ste_bypass, ste_s1
 from ..sw.pagetable import PageTable

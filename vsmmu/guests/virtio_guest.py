@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..hw.memory import PAGE_SIZE
-from ..hyp.hypervisor import GUEST_RAM, Hypervisor
+from ..hyp.host import GUEST_RAM
+from ..hyp.hypervisor import Hypervisor
 from ..hyp.virtio_iommu import (
     MAP_F_READ,
     MAP_F_WRITE,

@@ -37,18 +37,21 @@ from ..platform import DeviceSpec, GuestSpec, Platform, default_platform
 from ..sw.alloc import Allocator
 from ..sw.driver import SmmuDriver, cmd, ste_abort, ste_s2
 from ..sw.pagetable import IpaView, MappingError, PageTable
+from .host import (
+    GUEST_RAM,
+    HYP_POOL,
+    IPA_BITS,
+    MSI_WINDOW,
+    RAM_POOL,
+    GuestMemory,
+    PhysicalSmmu,
+    VmidPool,
+)
 from .virtio_backend import VirtioBackend
 from .virtio_iommu import Config as ViommuConfig
 from .virtio_iommu import FaultReason, ResvRegion, ResvSubtype, ViommuFault, VirtioIommu
 from .virtual import VSmmu
 
-IPA_BITS = 40  # each guest's IPA space; the vSMMU advertises it as its OAS
-GUEST_RAM = 0x4000_0000  # IPA of guest RAM
-MSI_WINDOW = (0x0800_0000, PAGE_SIZE)  # reserved IOVA == IPA window of the doorbell
-HYP_POOL = (0x1000_0000, 0x200_0000)  # stream tables, queues, stage-2 tables
-DOORBELLS = 0x0900_0000  # physical doorbell pages, one per guest slot
-RAM_POOL = 0x1_0000_0000  # guest RAM is carved from here
-MAX_VMID = 1 << 16
 VIRTIO_DOMAINS = 64  # per guest: a guest cannot make the hypervisor's tables grow unbounded
 VIRTIO_MAPPINGS = 4096  # per guest, all domains together
 # Faults a virtio-iommu endpoint's DMA gets from its STE rather than from a mapping.
@@ -58,29 +61,6 @@ _DOMAIN_FAULTS = frozenset({"C_BAD_STE", "F_STREAM_DISABLED", "F_TRANS_FORBIDDEN
 
 def doorbell_owner(guest: str) -> tuple[str, str]:
     return ("msi", guest)
-
-
-class VmidPool:
-    """Free VMIDs 1..MAX_VMID-1 (0 is never a guest's): never-used ones in order,
-    retired ones reused first.  `vmid in pool` asks whether it is free."""
-
-    def __init__(self):
-        self._next = 1
-        self._retired: list[int] = []
-
-    def take(self) -> int:
-        if self._retired:
-            return self._retired.pop()
-        if self._next >= MAX_VMID:
-            raise RuntimeError("no free VMID")
-        self._next += 1
-        return self._next - 1
-
-    def give(self, vmid: int) -> None:
-        self._retired.append(vmid)
-
-    def __contains__(self, vmid: int) -> bool:
-        return vmid >= self._next or vmid in self._retired
 
 
 def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -95,40 +75,11 @@ def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 @dataclass
-class PhysicalSmmu:
-    name: str
-    smmu: Smmu
-    drv: SmmuDriver
-    owners: dict[int, tuple[str, int]] = field(default_factory=dict)  # pSID -> (guest, vSID)
+class Guest(GuestMemory):
+    """A guest with its virtual IOMMUs: one vSMMU per physical SMMU, or a virtio-iommu."""
 
-
-@dataclass
-class Guest:
-    name: str
-    vmid: int
-    s2: PageTable
-    view: IpaView
-    s2_ste: int  # the stage-2-only STE of this guest's streams
-    doorbell: int  # PA of its MSI doorbell page
-    ram: int  # bytes of RAM at GUEST_RAM
-    pages: dict[int, int] = field(default_factory=dict)  # IPA page -> PA page
-    ipas: dict[int, int] = field(default_factory=dict)  # PA page -> IPA page (reverse)
     vsmmus: dict[str, VSmmu] = field(default_factory=dict)
     viommu: VirtioIommu | None = None  # instead of vSMMUs
-    s2_generation: int = 0  # bumped by every stage-2 change (for checks that cache)
-
-    def add_page(self, ipa: int, pa: int) -> None:
-        self.s2.map(ipa, pa, PAGE_SIZE, exec=False)
-        self.pages[ipa], self.ipas[pa] = pa, ipa
-        self.s2_generation += 1
-
-    def drop_page(self, ipa: int) -> int | None:
-        """Forget a page's bookkeeping (the caller unmaps and invalidates)."""
-        pa = self.pages.pop(ipa, None)
-        if pa is not None:
-            del self.ipas[pa]
-            self.s2_generation += 1
-        return pa
 
     def stage2s(self) -> list[tuple[PageTable, int, int]]:
         """(table, VMID, stage-2 STE) of each stage 2 that translates for this guest:
@@ -137,11 +88,6 @@ class Guest:
         if self.viommu is not None:
             out += [(d.table, d.vmid, d.ste) for d in self.viommu.backend.domains.values()]
         return out
-
-    def ipa_of(self, pa: int) -> int | None:
-        """Reverse stage 2: the IPA at which this guest sees `pa` (None: not its page)."""
-        ipa = self.ipas.get(pa & ~(PAGE_SIZE - 1))
-        return None if ipa is None else ipa + (pa & (PAGE_SIZE - 1))
 
 
 @dataclass(frozen=True)

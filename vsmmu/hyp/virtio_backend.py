@@ -31,16 +31,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ..hw.memory import PAGE_SIZE
 from ..sw.driver import ste_abort, ste_s2
 from ..sw.pagetable import MappingError, PageTable
-from .virtio_iommu import MAP_F_READ, MAP_F_WRITE, BackendError, BackendFault
-
-if TYPE_CHECKING:
-    from .hypervisor import Guest, Hypervisor
-    from .virtio_iommu import VirtioIommu
+from .host import MSI_WINDOW, GuestMemory, Host
+from .virtio_iommu import MAP_F_READ, MAP_F_WRITE, BackendError, BackendFault, VirtioIommu
 
 
 @dataclass
@@ -66,7 +62,7 @@ class Unmapped:
 
 
 class VirtioBackend:
-    def __init__(self, hyp: Hypervisor, guest: Guest, ipa_bits: int):
+    def __init__(self, hyp: Host, guest: GuestMemory, ipa_bits: int):
         self.hyp, self.guest, self.ipa_bits = hyp, guest, ipa_bits
         self.domains: dict[int, ComposedDomain] = {}
         self.gpas: dict[int, set[tuple[int, int]]] = defaultdict(set)  # GPA page -> mappings
@@ -96,7 +92,6 @@ class VirtioBackend:
         self._install(endpoint, self.guest.s2_ste if bypass else ste_abort())
 
     def _new_domain(self, domain: int) -> ComposedDomain:
-        from .hypervisor import MSI_WINDOW
 
         vmid = self.hyp.take_vmid()
         if self._spare:

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from ..arch.faults import Fault, FaultError
 from ..arch.features import Features
 from ..arch.layouts import COMMANDS, EVENT, CmdError, Event, Op
 from ..hw.frontend import STE_SIZE, SmmuFrontend
 from ..sw.driver import CommandError
+from .host import GuestMemory, PhysicalSmmu
 from .transfer import (
     ABORT_STE,
     Action,
@@ -41,9 +41,6 @@ from .transfer import (
     guest_event,
     vste_to_pste,
 )
-
-if TYPE_CHECKING:
-    from .hypervisor import Guest, PhysicalSmmu
 
 
 def guest_features(phys: Features, ipa_bits: int) -> Features:
@@ -61,7 +58,7 @@ def guest_features(phys: Features, ipa_bits: int) -> Features:
 class VSmmu(SmmuFrontend):
     cmdq_budget = 64
 
-    def __init__(self, guest: Guest, phys: PhysicalSmmu, ipa_bits: int):
+    def __init__(self, guest: GuestMemory, phys: PhysicalSmmu, ipa_bits: int):
         self.guest, self.phys = guest, phys
         self.mem = guest.view
         self.vsids: dict[int, int] = {}  # vSID -> pSID on `phys`

@@ -1,0 +1,105 @@
+"""What the hypervisor owns and lends to its virtual IOMMUs.
+
+The address maps it gives every guest and itself, the physical SMMUs with their
+drivers, VMIDs, and each guest's memory: its stage 2 and the pages behind it.
+The vSMMU and the virtio-iommu backend are written against these records and
+the `Host` protocol, not against the hypervisor that creates them, so the arrows
+run one way: hypervisor -> virtual IOMMUs -> host records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..hw.memory import PAGE_SIZE, PhysMem
+from ..hw.smmu import Smmu
+from ..sw.alloc import Allocator
+from ..sw.driver import SmmuDriver
+from ..sw.pagetable import IpaView, PageTable
+
+IPA_BITS = 40  # each guest's IPA space; the vSMMU advertises it as its OAS
+GUEST_RAM = 0x4000_0000  # IPA of guest RAM
+MSI_WINDOW = (0x0800_0000, PAGE_SIZE)  # reserved IOVA == IPA window of the doorbell
+HYP_POOL = (0x1000_0000, 0x200_0000)  # stream tables, queues, stage-2 tables
+RAM_POOL = 0x1_0000_0000  # guest RAM is carved from here
+MAX_VMID = 1 << 16
+
+
+class VmidPool:
+    """Free VMIDs 1..MAX_VMID-1 (0 is never a guest's): never-used ones in order,
+    retired ones reused first.  `vmid in pool` asks whether it is free."""
+
+    def __init__(self):
+        self._next = 1
+        self._retired: list[int] = []
+
+    def take(self) -> int:
+        if self._retired:
+            return self._retired.pop()
+        if self._next >= MAX_VMID:
+            raise RuntimeError("no free VMID")
+        self._next += 1
+        return self._next - 1
+
+    def give(self, vmid: int) -> None:
+        self._retired.append(vmid)
+
+    def __contains__(self, vmid: int) -> bool:
+        return vmid >= self._next or vmid in self._retired
+
+
+@dataclass
+class PhysicalSmmu:
+    name: str
+    smmu: Smmu
+    drv: SmmuDriver
+    owners: dict[int, tuple[str, int]] = field(default_factory=dict)  # pSID -> (guest, vSID)
+
+
+@dataclass
+class GuestMemory:
+    """A guest as its memory: what the hypervisor's virtual IOMMUs may read of it."""
+
+    name: str
+    vmid: int
+    s2: PageTable
+    view: IpaView
+    s2_ste: int  # the stage-2-only STE of this guest's streams
+    doorbell: int  # PA of its MSI doorbell page
+    ram: int  # bytes of RAM at GUEST_RAM
+    pages: dict[int, int] = field(default_factory=dict)  # IPA page -> PA page
+    ipas: dict[int, int] = field(default_factory=dict)  # PA page -> IPA page (reverse)
+    s2_generation: int = 0  # bumped by every stage-2 change (for checks that cache)
+
+    def add_page(self, ipa: int, pa: int) -> None:
+        self.s2.map(ipa, pa, PAGE_SIZE, exec=False)
+        self.pages[ipa], self.ipas[pa] = pa, ipa
+        self.s2_generation += 1
+
+    def drop_page(self, ipa: int) -> int | None:
+        """Forget a page's bookkeeping (the caller unmaps and invalidates)."""
+        pa = self.pages.pop(ipa, None)
+        if pa is not None:
+            del self.ipas[pa]
+            self.s2_generation += 1
+        return pa
+
+    def ipa_of(self, pa: int) -> int | None:
+        """Reverse stage 2: the IPA at which this guest sees `pa` (None: not its page)."""
+        ipa = self.ipas.get(pa & ~(PAGE_SIZE - 1))
+        return None if ipa is None else ipa + (pa & (PAGE_SIZE - 1))
+
+
+class Host(Protocol):
+    """What a virtual IOMMU's backend may use of the hypervisor: its memory and table
+    pool, the physical SMMUs, and VMIDs."""
+
+    mem: PhysMem
+    hyp_alloc: Allocator
+    smmus: dict[str, PhysicalSmmu]
+
+    def take_vmid(self) -> int: ...
+
+    def give_vmid(self, vmid: int) -> None:
+        """Retire a VMID: the caller has invalidated everything tagged with it."""
