@@ -26,10 +26,10 @@ from pathlib import Path
 
 from vsmmu.arch.layouts import REG, REGISTERS, STE, Config
 from vsmmu.arch.layouts import Op as Opcode
+from vsmmu.arch.virtio_layouts import map_req, probe_req, unmap_req
 from vsmmu.guests.guest import GuestKernel
 from vsmmu.hw.memory import PAGE_SIZE
 from vsmmu.hyp.host import GUEST_RAM, IPA_BITS, MSI_WINDOW
-from vsmmu.hyp.virtio_iommu import map_req, probe_req, unmap_req
 from vsmmu.sw.driver import cd, cmd, ste_s1
 
 from .harness import TARGETS

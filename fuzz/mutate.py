@@ -44,15 +44,11 @@ from dataclasses import dataclass, field
 from vsmmu.arch.fields import Field, Layout, deposit, extract
 from vsmmu.arch.layouts import CD, CMD_ANY, COMMANDS, REGISTERS, S1_DESC, STE, Config
 from vsmmu.arch.layouts import Op as Opcode
-from vsmmu.hw.frontend import SmmuFrontend
-from vsmmu.hw.memory import PAGE_SIZE
-from vsmmu.hyp.host import GUEST_RAM, IPA_BITS, MSI_WINDOW
-from vsmmu.hyp.virtio_iommu import (
+from vsmmu.arch.virtio_layouts import (
     ATTACH_F_BYPASS,
     REQUESTS,
     U64_MAX,
     ReqType,
-    VirtioIommu,
     attach_req,
     detach_req,
     map_req,
@@ -60,6 +56,10 @@ from vsmmu.hyp.virtio_iommu import (
     size_of,
     unmap_req,
 )
+from vsmmu.hw.frontend import SmmuFrontend
+from vsmmu.hw.memory import PAGE_SIZE
+from vsmmu.hyp.host import GUEST_RAM, IPA_BITS, MSI_WINDOW
+from vsmmu.hyp.virtio_iommu import VirtioIommu
 from vsmmu.sw.driver import DEFAULT_MAIR
 
 from .program import GUEST_SLOTS, MAX_OPS, OP_BY_NAME, OPS, Op, Operand, decode, encode

@@ -30,12 +30,7 @@ from properties.monitor import Monitor
 from properties.violations import NO_CRASH, Violation
 from vsmmu.arch.faults import FaultError
 from vsmmu.arch.layouts import COMMANDS, REGISTERS, Op
-from vsmmu.guests.guest import Domain, GuestKernel
-from vsmmu.guests.virtio_guest import ViommuDomain, ViommuError, VirtioGuestKernel
-from vsmmu.hw.memory import PAGE_SIZE, BusError
-from vsmmu.hyp.host import GUEST_RAM
-from vsmmu.hyp.hypervisor import Hypervisor
-from vsmmu.hyp.virtio_iommu import (
+from vsmmu.arch.virtio_layouts import (
     ATTACH_F_BYPASS,
     U64_MAX,
     attach_req,
@@ -43,6 +38,11 @@ from vsmmu.hyp.virtio_iommu import (
     map_req,
     unmap_req,
 )
+from vsmmu.guests.guest import Domain, GuestKernel
+from vsmmu.guests.virtio_guest import ViommuDomain, ViommuError, VirtioGuestKernel
+from vsmmu.hw.memory import PAGE_SIZE, BusError
+from vsmmu.hyp.host import GUEST_RAM
+from vsmmu.hyp.hypervisor import Hypervisor
 from vsmmu.platform import GuestSpec, Platform, default_platform, load_platform
 from vsmmu.sw.alloc import OutOfMemory
 from vsmmu.sw.driver import CommandError, DriverTimeout

@@ -21,11 +21,11 @@ changes.
 from __future__ import annotations
 
 from vsmmu.arch.layouts import STE, Config
+from vsmmu.arch.virtio_layouts import Status
 from vsmmu.hw.frontend import Initiator
 from vsmmu.hw.memory import HYP, PAGE_SHIFT, PAGE_SIZE
 from vsmmu.hyp.host import IPA_BITS
 from vsmmu.hyp.hypervisor import Guest, Hypervisor
-from vsmmu.hyp.virtio_iommu import Status
 from vsmmu.hyp.virtual import VSmmu
 
 from .predicates import command_confined, event_confined, stage2_authority

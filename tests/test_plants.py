@@ -13,8 +13,8 @@ from fuzz.physical import STRAY_SID
 from fuzz.program import parse
 from fuzz.runner import DMA_IOVA, boot, fuzz_platform
 from vsmmu.arch.layouts import COMMANDS, REGISTERS, STE, Config, Op
+from vsmmu.arch.virtio_layouts import map_req
 from vsmmu.hyp.host import GUEST_RAM
-from vsmmu.hyp.virtio_iommu import map_req
 
 CR0 = REGISTERS.index(next(r for r in REGISTERS if r.name == "CR0"))
 GBPA = REGISTERS.index(next(r for r in REGISTERS if r.name == "GBPA"))

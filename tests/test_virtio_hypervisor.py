@@ -10,11 +10,11 @@ import pytest
 from fuzz.runner import DMA_BUF, DMA_IOVA, boot, fuzz_platform
 from properties.monitor import Monitor
 from vsmmu.arch.layouts import STE, Config
+from vsmmu.arch.virtio_layouts import FAULT, FaultReason, Status, decode, map_req
 from vsmmu.guests.virtio_guest import ViommuError
 from vsmmu.hw.memory import PAGE_SIZE
 from vsmmu.hyp.host import GUEST_RAM, MSI_WINDOW
 from vsmmu.hyp.hypervisor import VIRTIO_MAPPINGS
-from vsmmu.hyp.virtio_iommu import FAULT, FaultReason, Status, decode, map_req
 from vsmmu.platform import PlatformError, platform_from_dict
 
 IOVA = 0x2000_0000

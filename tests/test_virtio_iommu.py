@@ -10,16 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vsmmu.hyp import virtio_iommu as vi
-from vsmmu.hyp.virtio_iommu import (
+from vsmmu.arch import virtio_layouts as wire
+from vsmmu.arch.virtio_layouts import (
     ATTACH_F_BYPASS,
     MAP_F_MMIO,
     MAP_F_READ,
     MAP_F_WRITE,
-    BackendError,
-    BackendFault,
-    BackendNoMem,
-    BackendUnsupported,
     Config,
     FaultReason,
     Feature,
@@ -28,13 +24,20 @@ from vsmmu.hyp.virtio_iommu import (
     ResvSubtype,
     Status,
     ViommuFault,
-    VirtioIommu,
     attach_req,
     detach_req,
     feature_mask,
     map_req,
     probe_req,
     unmap_req,
+)
+from vsmmu.hyp import virtio_iommu as vi
+from vsmmu.hyp.virtio_iommu import (
+    BackendError,
+    BackendFault,
+    BackendNoMem,
+    BackendUnsupported,
+    VirtioIommu,
 )
 
 RW = MAP_F_READ | MAP_F_WRITE
@@ -130,20 +133,21 @@ def test_constants_match_spec():
     assert [s.value for s in Status] == list(range(9))
     # §5.13.6.5: no EXEC flag; MMIO is bit 2.  §5.13.6.3: ATTACH_F_BYPASS bit 0.
     assert (MAP_F_READ, MAP_F_WRITE, MAP_F_MMIO, ATTACH_F_BYPASS) == (1, 2, 4, 1)
-    assert (vi.PROBE_T_NONE, vi.PROBE_T_RESV_MEM) == (0, 1)
+    assert (wire.PROBE_T_NONE, wire.PROBE_T_RESV_MEM) == (0, 1)
     assert (ResvSubtype.RESERVED, ResvSubtype.MSI) == (0, 1)
     assert [(r.name, r.value) for r in FaultReason] == [
         ("UNKNOWN", 0), ("DOMAIN", 1), ("MAPPING", 2)]
-    assert (vi.FAULT_F_READ, vi.FAULT_F_WRITE, vi.FAULT_F_ADDRESS) == (1, 2, 0x100)
+    assert (wire.FAULT_F_READ, wire.FAULT_F_WRITE, wire.FAULT_F_ADDRESS) == (1, 2, 0x100)
 
 
 def test_struct_sizes_match_linux_uapi():
     # sizeof() of the Linux structs minus the 4-byte tail (the writable part)
-    sizes = {t: vi.size_of(vi.REQUESTS[t]) for t in ReqType}
+    sizes = {t: wire.size_of(wire.REQUESTS[t]) for t in ReqType}
     assert sizes == {ReqType.ATTACH: 20, ReqType.DETACH: 20, ReqType.MAP: 36,
                      ReqType.UNMAP: 28, ReqType.PROBE: 72}
-    assert [vi.size_of(x) for x in (vi.CONFIG, vi.TAIL, vi.RESV_MEM, vi.FAULT)] == [40, 4, 24, 24]
-    assert vi.RESV_MEM_LENGTH == 20
+    structs = (wire.CONFIG, wire.TAIL, wire.RESV_MEM, wire.FAULT)
+    assert [wire.size_of(x) for x in structs] == [40, 4, 24, 24]
+    assert wire.RESV_MEM_LENGTH == 20
 
 
 # ------------------------------------------------------- golden layouts
@@ -165,11 +169,11 @@ def test_encoders_match_hand_written_bytes():
     assert unmap_req(1, 0x1000, 0x1FFF) == GOLDEN_UNMAP
     assert probe_req(8) == GOLDEN_PROBE
     assert MSI.prop() == GOLDEN_MSI_PROP
-    assert vi.tail(Status.RANGE) == h("05000000")
+    assert wire.tail(Status.RANGE) == h("05000000")
     # overrides reach every field, reserved ones included
     assert attach_req(1, 8, ATTACH_F_BYPASS, head_reserved=0x030201, reserved=0xAABBCCDD) == h(
         "01 010203  01000000  08000000  01000000  ddccbbaa")
-    assert vi.request(ReqType.MAP, type=0x7F)[:1] == b"\x7f"
+    assert wire.request(ReqType.MAP, type=0x7F)[:1] == b"\x7f"
 
 
 def test_golden_session_through_handle():
@@ -225,7 +229,7 @@ def test_unknown_type_is_not_written(t):
 @pytest.mark.parametrize("t", list(ReqType))
 def test_short_request_is_ioerr(t):
     dev, _ = device()
-    full = vi.request(t)
+    full = wire.request(t)
     for n in (1, len(full) - 1):
         assert dev.handle(full[:n], 4) == h("01000000")
     assert dev.handle(b"", 4) == h("01000000")
@@ -248,7 +252,7 @@ def test_attach_reserved_and_flags_are_inval():
     assert status(dev, attach_req(1, 8, reserved=1)) is Status.INVAL
     assert status(dev, attach_req(1, 8, flags=2)) is Status.INVAL
     assert dev.domains == {}
-    nob, _ = device(features=vi.DEFAULT_FEATURES & ~Feature.BYPASS_CONFIG.mask)
+    nob, _ = device(features=wire.DEFAULT_FEATURES & ~Feature.BYPASS_CONFIG.mask)
     assert status(nob, attach_req(1, 8, ATTACH_F_BYPASS)) is Status.INVAL  # not negotiated
 
 
@@ -256,7 +260,7 @@ def test_attach_range_and_noent():
     dev, _ = device()
     assert status(dev, attach_req(16, 8)) is Status.RANGE  # domain_range is 0..15
     assert status(dev, attach_req(1, 7)) is Status.NOENT
-    anyd, _ = device(features=vi.DEFAULT_FEATURES & ~Feature.DOMAIN_RANGE.mask)
+    anyd, _ = device(features=wire.DEFAULT_FEATURES & ~Feature.DOMAIN_RANGE.mask)
     assert status(anyd, attach_req(0xFFFFFFFF, 8)) is Status.OK  # any domain is valid
 
 
@@ -355,14 +359,14 @@ def test_map_checks(req, want):
 
 def test_map_without_input_range_feature_spans_64_bits():
     dev, _ = attached(config=Config(page_size_mask=0x1000),
-                      features=vi.DEFAULT_FEATURES & ~Feature.INPUT_RANGE.mask)
+                      features=wire.DEFAULT_FEATURES & ~Feature.INPUT_RANGE.mask)
     assert status(dev, map_req(1, 1 << 60, (1 << 64) - 1, 0)) is Status.OK
 
 
 def test_map_mmio_needs_feature():
     dev, _ = attached()
     assert status(dev, map_req(1, 0, 0xF, 0x100, RW | MAP_F_MMIO)) is Status.OK
-    nommio, _ = attached(features=vi.DEFAULT_FEATURES & ~Feature.MMIO.mask)
+    nommio, _ = attached(features=wire.DEFAULT_FEATURES & ~Feature.MMIO.mask)
     assert status(nommio, map_req(1, 0, 0xF, 0x100, RW | MAP_F_MMIO)) is Status.INVAL
 
 
@@ -395,7 +399,7 @@ def test_map_backend_errors(err, want):
 
 
 def test_map_unmap_need_map_unmap_feature():
-    dev, _ = attached(driver_features=vi.DEFAULT_FEATURES & ~Feature.MAP_UNMAP.mask)
+    dev, _ = attached(driver_features=wire.DEFAULT_FEATURES & ~Feature.MAP_UNMAP.mask)
     assert status(dev, map_req(1, 0, 0xF, 0)) is Status.UNSUPP
     assert status(dev, unmap_req(1, 0, 0xF)) is Status.UNSUPP
 
@@ -540,7 +544,7 @@ def test_write_bypass_config():
     assert dev.config.probe_size == 512 and dev.dma_mode(9) == "abort"
     dev.write_config(0, b"\xff" * 36)  # never reaches bypass
     assert dev.bypass == 0
-    locked, _ = device(driver_features=vi.DEFAULT_FEATURES & ~Feature.BYPASS_CONFIG.mask)
+    locked, _ = device(driver_features=wire.DEFAULT_FEATURES & ~Feature.BYPASS_CONFIG.mask)
     locked.write_config(36, b"\x01")  # §5.13.4.1: only with BYPASS_CONFIG negotiated
     assert locked.bypass == 0
 
@@ -610,7 +614,7 @@ def test_probe_output_bytes():
     golden = GOLDEN_MSI_PROP + h(
         "0100 1400  00 000000  0000e0fe00000000  ffffeffe00000000") + bytes(16) + TAIL_OK
     assert out == golden
-    props = vi.parse_properties(dev.process(probe_req(8), 68).properties)
+    props = wire.parse_properties(dev.process(probe_req(8), 68).properties)
     assert [(p.subtype, p.start, p.end) for p in props] == [
         (1, MSI.start, MSI.end), (0, RESV.start, RESV.end)]
     assert dev.handle(probe_req(9), 68) == bytes(64) + TAIL_OK  # nothing: NONE at once
@@ -621,7 +625,7 @@ def test_probe_output_bytes():
 def test_probe_properties_fill_probe_size_exactly():
     dev, _ = device({8: [MSI, RESV]}, Config(probe_size=48))
     out = dev.handle(probe_req(8), 52)
-    assert len(out) == 52 and len(vi.parse_properties(out[:48])) == 2  # no room for NONE
+    assert len(out) == 52 and len(wire.parse_properties(out[:48])) == 2  # no room for NONE
 
 
 def test_probe_buffer_smaller_than_probe_size_is_inval():
@@ -635,7 +639,7 @@ def test_probe_buffer_smaller_than_probe_size_is_inval():
 def test_probe_unknown_endpoint_and_feature():
     dev, _ = device({8: [MSI]}, BYTE)
     assert dev.handle(probe_req(7), 68) == bytes(64) + h("06000000")
-    noprobe, _ = device(features=vi.DEFAULT_FEATURES & ~Feature.PROBE.mask)
+    noprobe, _ = device(features=wire.DEFAULT_FEATURES & ~Feature.PROBE.mask)
     assert noprobe.handle(probe_req(8), 516) == b""  # §5.13.6.7.2: not written
 
 
@@ -643,7 +647,7 @@ def test_properties_must_fit_probe_size():
     with pytest.raises(ValueError):
         device({8: [MSI, RESV]}, Config(probe_size=47))
     device({8: [MSI, RESV]}, Config(probe_size=47),
-           features=vi.DEFAULT_FEATURES & ~Feature.PROBE.mask)  # no PROBE: no constraint
+           features=wire.DEFAULT_FEATURES & ~Feature.PROBE.mask)  # no PROBE: no constraint
 
 
 @pytest.mark.parametrize("regions", [
@@ -657,9 +661,9 @@ def test_bad_reserved_regions_are_refused(regions):
 
 
 def test_parse_properties_is_total():
-    assert vi.parse_properties(h("0200 0400 aabbccdd 0100 0000")) == [
+    assert wire.parse_properties(h("0200 0400 aabbccdd 0100 0000")) == [
         {"type": 2, "prop_reserved": 0, "length": 4}, {"type": 1, "prop_reserved": 0, "length": 0}]
-    assert vi.parse_properties(h("0100 ffff")) == [
+    assert wire.parse_properties(h("0100 ffff")) == [
         {"type": 1, "prop_reserved": 0, "length": 0xFFFF}]
 
 

@@ -23,6 +23,7 @@ from unittest import mock
 from vsmmu.arch.faults import Fault, FaultError
 from vsmmu.arch.layouts import STE, CmdError, Config, Event, Op
 from vsmmu.arch.queue import QueueGeometry
+from vsmmu.arch.virtio_layouts import REQUESTS, ReqType, Status, decode, unmap_req
 from vsmmu.hw import frontend, smmu, walk
 from vsmmu.hw.decode import decode_ste
 from vsmmu.hw.memory import BusError
@@ -30,7 +31,7 @@ from vsmmu.hw.tlb import Iotlb
 from vsmmu.hyp import transfer, virtual
 from vsmmu.hyp.hypervisor import Hypervisor
 from vsmmu.hyp.virtio_backend import VirtioBackend
-from vsmmu.hyp.virtio_iommu import REQUESTS, ReqType, Status, VirtioIommu, decode, unmap_req
+from vsmmu.hyp.virtio_iommu import VirtioIommu
 from vsmmu.sw.driver import SmmuDriver
 
 # smmu-anchors.md §6, by number.

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..hw.memory import PAGE_SIZE
-from ..hyp.host import GUEST_RAM
-from ..hyp.hypervisor import Hypervisor
-from ..hyp.virtio_iommu import (
+from ..arch.virtio_layouts import (
     MAP_F_READ,
     MAP_F_WRITE,
     Feature,
@@ -33,6 +30,9 @@ from ..hyp.virtio_iommu import (
     probe_req,
     unmap_req,
 )
+from ..hw.memory import PAGE_SIZE
+from ..hyp.host import GUEST_RAM
+from ..hyp.hypervisor import Hypervisor
 from ..sw.alloc import Allocator
 
 DRIVER_FEATURES = feature_mask(Feature.MAP_UNMAP, Feature.INPUT_RANGE, Feature.DOMAIN_RANGE,

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 from ..arch.faults import Fault
 from ..arch.layouts import Op
+from ..arch.virtio_layouts import Config as ViommuConfig
+from ..arch.virtio_layouts import FaultReason, ResvRegion, ResvSubtype, ViommuFault
 from ..hw.frontend import Initiator
 from ..hw.memory import FREE, HYP, PAGE_SIZE, PhysMem
 from ..hw.smmu import DmaResult, Smmu
@@ -48,8 +50,7 @@ from .host import (
     VmidPool,
 )
 from .virtio_backend import VirtioBackend
-from .virtio_iommu import Config as ViommuConfig
-from .virtio_iommu import FaultReason, ResvRegion, ResvSubtype, ViommuFault, VirtioIommu
+from .virtio_iommu import VirtioIommu
 from .virtual import VSmmu
 
 VIRTIO_DOMAINS = 64  # per guest: a guest cannot make the hypervisor's tables grow unbounded

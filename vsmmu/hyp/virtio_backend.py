@@ -32,11 +32,12 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from ..arch.virtio_layouts import MAP_F_READ, MAP_F_WRITE
 from ..hw.memory import PAGE_SIZE
 from ..sw.driver import ste_abort, ste_s2
 from ..sw.pagetable import MappingError, PageTable
 from .host import MSI_WINDOW, GuestMemory, Host
-from .virtio_iommu import MAP_F_READ, MAP_F_WRITE, BackendError, BackendFault, VirtioIommu
+from .virtio_iommu import BackendError, BackendFault, VirtioIommu
 
 
 @dataclass
