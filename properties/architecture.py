@@ -166,6 +166,9 @@ def record_rule(smmu: Smmu, fault: Fault, sid: int, ssid: int | None) -> tuple[b
     """Whether the architecture requires (True) or forbids (False) recording `fault`,
     with the control that says so; None when the configuration the SMMU used is no
     longer cached, so we cannot tell."""
+    if fault.event == Event.C_BAD_STREAMID:  # IHI 0070 §6.3.12 CR2.RECINVSID
+        recinvsid = _field(smmu, "CR2", "RECINVSID")
+        return bool(recinvsid), f"CR2.RECINVSID={recinvsid}"
     if fault.event not in RECORD_CONTROLLED:
         return True, "always"
     stream = smmu.config_cache.get_ste(sid)

@@ -123,11 +123,14 @@ class Env:
         return self.smmu.read(offset, size)
 
     def setup(self, two_level: bool = False, *, log2size: int = 8, split: int = 8,
-              cmdq_log2: int = 8, evtq_log2: int = 8, enable: bool = True) -> Env:
+              cmdq_log2: int = 8, evtq_log2: int = 8, enable: bool = True,
+              recinvsid: bool = True) -> Env:
         """The qemu-peer.md §4 bring-up: tables and queues, CMDQEN|EVENTQEN, CFGI_ALL +
-        TLBI_NSNH_ALL + SYNC, then SMMUEN."""
+        TLBI_NSNH_ALL + SYNC, then SMMUEN.  CR2.RECINVSID=1 (bit 1), as Linux sets it:
+        invalid StreamIDs are recorded as C_BAD_STREAMID."""
         self.two_level, self.split, self.cmdq_log2 = two_level, split, cmdq_log2
         self.w(CR0, 0)
+        self.w(CR2, 0x2 if recinvsid else 0)
         self.w(STRTAB_BASE, STRTAB, 8)
         self.w(STRTAB_BASE_CFG, (1 << 16 if two_level else 0) | split << 6 | log2size)
         self.w(CMDQ_BASE, CMDQ | cmdq_log2, 8)

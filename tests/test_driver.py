@@ -86,6 +86,18 @@ def s2_domain(r: Rig, sid: int, vmid: int, granule: int = K4, tsz: int = 24) -> 
 
 
 # ------------------------------------------------------------------ probe / reset
+@pytest.mark.parametrize("recinvsid", [True, False])
+def test_reset_sets_recinvsid_as_asked(recinvsid):
+    """CR2 = PTM (bit 2) | RECINVSID (bit 1) as Linux writes it, or PTM alone; with
+    RECINVSID=0 a stray StreamID is terminated without C_BAD_STREAMID (IHI 0070 §6.3.12)."""
+    r = make_rig(two_level=False, log2_sids=6, recinvsid=recinvsid)
+    assert r.smmu.read(REG["CR2"].offset, 4) == (0x6 if recinvsid else 0x4)
+    assert not r.smmu.dma(64, 0x1000).ok
+    faults = [(f.event, f.sid) for f in r.drv.events().faults]
+    assert faults == ([(Event.C_BAD_STREAMID, 64)] if recinvsid else [])
+
+
+
 def test_probe_reads_id_registers():
     feat = Features(s2p=False, sidsize=12, ssidsize=5, oas_bits=44,
                     granules=frozenset({K4, K64}), st_2lvl=False, cd_2lvl=False, ril=False,

@@ -296,9 +296,14 @@ def test_pri_resp_is_illegal_without_pri():
 
 
 @pytest.mark.parametrize("op", [Op.RESUME, Op.STALL_TERM])
-def test_resume_and_stall_term_are_no_ops(op):
+def test_resume_and_stall_term_are_illegal_without_stalls(op):
+    """IHI 0070 §4.7.1 CMD_RESUME, §4.7.2 CMD_STALL_TERM: CERROR_ILL when
+    IDR0.STALL_MODEL=0b01 (no stall support), not a no-op."""
     env = s1_env()
-    ok_after(env, command(op, SID=8))
+    cons = env.r(CMDQ_CONS)
+    env.cmd(command(op, SID=8))
+    # CMDQ_CONS.ERR (bits 30:24) = 0x01 CERROR_ILL, RD stays on the command; GERROR.CMDQ_ERR
+    assert env.r(CMDQ_CONS) == 0x0100_0000 | cons and env.r(GERROR) == 0x1
     assert env.events() == [] and env.dma(8, 0x200000).ok
 
 

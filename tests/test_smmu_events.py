@@ -137,6 +137,44 @@ def test_c_bad_streamid_two_level_index_beyond_span():
     assert env.events() == [(0x0000_1202_0000_0002, 0, 0, 0)]
 
 
+def test_c_bad_streamid_span_above_split_plus_one():
+    """IHI 0070 §5.1.1, §7.3.3: an L1 descriptor with Span > SPLIT+1 is an invalid
+    StreamID, and so is one with a reserved Span (12..31 behave as 0)."""
+    env = Env().setup(two_level=True, log2size=16, split=6)
+    env.mem.add(0x42000000, 0x4000)
+    env.put(0x42000000 + 0x34 * 64, 0x9, 8)  # SID 0x1234's STE: V=1, bypass
+    env.put(STRTAB + 0x48 * 8, 0x42000000 | 7)  # SPLIT 6: Span 7 = SPLIT+1 is the largest
+    assert env.dma(0x1234, DATA).ok
+    env.put(STRTAB + 0x48 * 8, 0x42000000 | 8)
+    env.cmd(command(Op.CFGI_STE, SID=0x1234, LEAF=1), command(Op.SYNC))
+    env.dma(0x1234, DATA)
+    env.setup(two_level=True, log2size=16, split=10)
+    env.put(STRTAB + 0x4 * 8, 0x42000000 | 12)  # reserved Span, above SPLIT+1 = 11 too
+    env.dma(0x1234, DATA)
+    assert env.events() == [(0x0000_1234_0000_0002, 0, 0, 0)] * 2
+
+
+RECINVSID_CASES = {  # (setup keywords, descriptor to install, SID)
+    "beyond LOG2SIZE": (dict(log2size=8), None, 256),
+    "L1 Span=0": (dict(two_level=True, log2size=16, split=8), (STRTAB + 0x12 * 8, 0), 0x1234),
+}
+
+
+@pytest.mark.parametrize("recinvsid", [True, False])
+@pytest.mark.parametrize("case", RECINVSID_CASES.values(), ids=RECINVSID_CASES.keys())
+def test_recinvsid_decides_whether_c_bad_streamid_is_recorded(case, recinvsid):
+    """IHI 0070 §6.3.12 CR2.RECINVSID (bit 1), §7.3.3: an invalid StreamID always
+    terminates the transaction; C_BAD_STREAMID is recorded only when RECINVSID=1."""
+    setup, desc, sid = case
+    env = Env().setup(recinvsid=recinvsid, **setup)
+    if desc:
+        env.put(*desc)
+    r = env.dma(sid, 0x1000)
+    assert not r.ok and r.fault.event == Event.C_BAD_STREAMID and r.recorded == recinvsid
+    assert env.events() == ([(sid << 32 | 0x02, 0, 0, 0)] if recinvsid else [])
+    assert env.r(GERROR) == 0  # not recording it is no error either
+
+
 # ================================================================ F_STE_FETCH (0x03)
 def test_f_ste_fetch_linear():
     env = Env().setup(enable=False)
@@ -172,7 +210,8 @@ BAD_STES = {
     "S2SL0=2 with S2T0SZ=25 (4K: start level 0 needs > 39 bits)": STE.encode(
         **S2, **s2_fields(S2SL0=2)),
     "S2SL0=3": STE.encode(**S2, **s2_fields(S2SL0=3)),
-    "S2T0SZ=10 (44-bit S2PS allows 20..39)": STE.encode(**S2, **s2_fields(S2T0SZ=10)),
+    # §5.2 STE.S2T0SZ: MAX(16, 64-IAS)..39 with 4K, IAS = OAS = 48 bits, whatever S2PS
+    "S2T0SZ=15 (4K, 48-bit IAS allows 16..39)": STE.encode(**S2, **s2_fields(S2T0SZ=15)),
     "S2T0SZ=40": STE.encode(**S2, **s2_fields(S2T0SZ=40)),
     "S2AA64=0": STE.encode(**S2, **s2_fields(S2AA64=0)),
     "S2ENDI=1": STE.encode(**S2, **s2_fields(S2ENDI=1)),
@@ -186,6 +225,11 @@ BAD_STES = {
     "EATS=2 on a stage-1-only stream": STE.encode(**S1, EATS=2),
     "EATS=3": STE.encode(**S1, EATS=3),
     "STRW=EL2 without IDR0.HYP": STE.encode(**S1, STRW=2),
+    # §5.2 STE.S1STALLD: ILLEGAL with stage 1 unless IDR0.STALL_MODEL=0b00 (here 0b01)
+    "S1STALLD=1 without stall support": STE.encode(**S1, S1STALLD=1),
+    "nested S1STALLD=1 without stall support": STE.encode(V=1, CONFIG=0b111,
+                                                          S1CONTEXTPTR=CDS, S1STALLD=1,
+                                                          **s2_fields()),
 }
 
 

@@ -29,6 +29,7 @@ from smmu_env import (
     STRTAB_BASE,
     Env,
     command,
+    s2_fields,
     words,
 )
 
@@ -112,6 +113,10 @@ def test_linear_stream_table_base_alignment():
     (6, 0x48 * 8, 0x34 * 64, 7),  # SID 0x1234 = L1 0x48, L2 0x34
     (8, 0x12 * 8, 0x34 * 64, 9),  # L1 0x12, L2 0x34
     (10, 0x04 * 8, 0x234 * 64, 11),  # L1 0x4, L2 0x234
+    # IHI 0070 §6.3.25: a reserved SPLIT behaves as 6 (not as the next smaller value)
+    (7, 0x48 * 8, 0x34 * 64, 7),
+    (9, 0x48 * 8, 0x34 * 64, 7),
+    (31, 0x48 * 8, 0x34 * 64, 7),
 ])
 def test_two_level_stream_table(split, l1_offset, ste_offset, span):
     env = Env().setup(two_level=True, log2size=16, split=split)
@@ -262,6 +267,20 @@ def test_stage2_only_dma(s2tg, offset, desc):
     assert r.ok and r.pa == 0x44000800
     assert env.mem.read(0x44000800, 256) == PATTERN
     assert env.events() == []
+
+
+def test_stage2_input_range_beyond_s2ps():
+    """IHI 0070 §5.2 STE.S2T0SZ: its lower bound comes from the IAS (48 bits here),
+    not from S2PS, which bounds the output.  S2T0SZ=16 (48-bit IPAs) with S2PS=0b010
+    (40 bits) is legal; QEMU rejects it (fuzz/peers/divergences.py)."""
+    env = Env().setup()
+    # 4K, S2SL0=2: start at level 0.  IPA 1<<47 | 0x4000800: L0 index IPA[47:39] = 0x100,
+    # L1 index IPA[38:30] = 0, a 1 GiB block at 0x40000000 (S2AP RW, AF, SH IS).
+    env.put_ste(8, STE.encode(V=1, CONFIG=0b110, **s2_fields(S2T0SZ=16, S2SL0=2, S2PS=2)))
+    env.put(S2PT + 0x100 * 8, (S2PT + 0x1000) | 0b11)
+    env.put(S2PT + 0x1000, 0x400007FD)
+    r = env.dma(8, 1 << 47 | 0x0400_0800)
+    assert r.ok and r.pa == 0x44000800 and env.events() == []
 
 
 def test_nested_dma():

@@ -135,7 +135,8 @@ NO_ATS = GuestContext(vmid=5, vsids={0: 0x10}, ats=False)
     (0x0000_1234_0000_0404, CTX, Action.ILL, None),  # CFGI_STE_RANGE with SSec
     (0x01, CTX, Action.NOP, None), (0x02, CTX, Action.NOP, None),
     (0x401, CTX, Action.ILL, None),  # PREFETCH_CONFIG with SSec
-    (0x44, CTX, Action.NOP, None), (0x45, CTX, Action.NOP, None),
+    # RESUME, STALL_TERM: CERROR_ILL with STALL_MODEL=0b01 (IHI 0070 §4.7.1, §4.7.2)
+    (0x44, CTX, Action.ILL, None), (0x45, CTX, Action.ILL, None),
     (0x444, CTX, Action.ILL, None),  # RESUME with SSec
     (0x46, CTX, Action.SYNC, None), (0x1046, CTX, Action.SYNC, None),
     (0x2046, CTX, Action.SYNC, None), (0x3046, CTX, Action.ILL, None),  # CS 0b11

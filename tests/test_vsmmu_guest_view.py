@@ -637,8 +637,9 @@ OPCODES = [  # (name, guest command, physical commands before the SYNC, as f(vmi
     ("ATC_INV", cmd(Op.ATC_INV, SID=1, SSV=1, SSID=5, SIZE=3, ADDR=0x1234_0000),
      [dw(0x13_0000_5840, 0x1234_0003)]),
     ("PRI_RESP", cmd(Op.PRI_RESP, SID=1), None),
-    ("RESUME", cmd(Op.RESUME, SID=1, STAG=3), []),
-    ("STALL_TERM", cmd(Op.STALL_TERM, SID=1), []),
+    # The vSMMU advertises IDR0.STALL_MODEL=0b01: IHI 0070 §4.7.1-2 make these ILL.
+    ("RESUME", cmd(Op.RESUME, SID=1, STAG=3), None),
+    ("STALL_TERM", cmd(Op.STALL_TERM, SID=1), None),
     ("SYNC", cmd(Op.SYNC), []),
     ("unknown 0x00", 0x00, None),
     ("unknown 0x07", 0x07 | 1 << 32, None),

@@ -224,9 +224,10 @@ KNOWN_DIVERGENCES: tuple[Known, ...] = (
           "IHI 0070 STE.S1ContextPtr: address bits above SMMU_IDR5.OAS are RES0; a set bit "
           "is CONSTRAINED UNPREDICTABLE. Ours: ILLEGAL (C_BAD_STE).",
           "fetches the CD from the out-of-range address: F_CD_FETCH"),
-    Known("s2ha-s2hd-without-httu", IMPDEF,
-          "IHI 0070 STE.S2HA/S2HD are RES0 when SMMU_IDR0.HTTU=0; a set bit is CONSTRAINED "
-          "UNPREDICTABLE. Ours: ILLEGAL (C_BAD_STE), as QEMU does for CD.HA/HD.",
+    Known("s2ha-s2hd-without-httu", QEMU_DEVIATION,
+          "IHI 0070 §5.2 STE.S2HA/S2HD (G.b): with stage 2 enabled, S2HA=1 is ILLEGAL when "
+          "SMMU_IDR0.HTTU=0b00 and S2HD=1 when HTTU is 0b00 or 0b01 (C_BAD_STE), as QEMU "
+          "does for CD.HA/HD.",
           "ignores them"),
     Known("lpa-bits-64k-ignored", IMPDEF,
           "DDI 0487 D8.3: with the 64KB granule, descriptor bits[15:12] hold OA[51:48] only "
@@ -254,6 +255,10 @@ KNOWN_DIVERGENCES: tuple[Known, ...] = (
     Known("cmd-pri-atc-ignored", QEMU_DEVIATION,
           "IHI 0070 §4: CMD_PRI_RESP when SMMU_IDR0.PRI=0 and CMD_ATC_INV when "
           "SMMU_IDR0.ATS=0 are CERROR_ILL.",
+          "ignores them"),
+    Known("cmd-stall-ignored", QEMU_DEVIATION,
+          "IHI 0070 §4.7.1 CMD_RESUME, §4.7.2 CMD_STALL_TERM: CERROR_ILL when "
+          "SMMU_IDR0.STALL_MODEL=0b01 (stalls not supported), which QEMU advertises.",
           "ignores them"),
     Known("cmd-sync-cs-reserved", QEMU_DEVIATION,
           "IHI 0070 CMD_SYNC.CS=0b11 is reserved: CERROR_ILL (also openvmm PR #3661).",

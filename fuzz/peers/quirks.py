@@ -97,6 +97,8 @@ class QuirkSmmu(Smmu):
             return CmdError.NONE
         if "cmd-pri-atc-ignored" in q and op in (Op.PRI_RESP, Op.ATC_INV):
             return CmdError.NONE
+        if "cmd-stall-ignored" in q and op in (Op.RESUME, Op.STALL_TERM):
+            return CmdError.NONE
         if "cmd-sync-cs-reserved" in q and op == Op.SYNC and (cmd >> 12) & 3 == 3:
             return CmdError.NONE
         if "cmd-s2-without-s2p" in q and op in (Op.TLBI_S12_VMALL, Op.TLBI_S2_IPA) \

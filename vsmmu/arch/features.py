@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .layouts import PA_BITS, REG
 
 _OAS_ENC = {bits: enc for enc, bits in PA_BITS.items()}
+STALL_MODEL = 0b01  # IDR0.STALL_MODEL: terminate only, stalls not supported
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class Features:
             S2P=int(self.s2p), S1P=int(self.s1p), TTF=0b10, COHACC=1,
             ATS=int(self.ats), ASID16=int(self.asid16), MSI=int(self.msi),
             VMID16=int(self.vmid16 and self.s2p), CD2L=int(self.cd_2lvl),
-            TTENDIAN=0b10, STALL_MODEL=0b01, TERM_MODEL=1, ST_LEVEL=int(self.st_2lvl),
+            TTENDIAN=0b10, STALL_MODEL=STALL_MODEL, TERM_MODEL=1, ST_LEVEL=int(self.st_2lvl),
         )
         idr1 = REG["IDR1"].layout.encode(
             SIDSIZE=self.sidsize, SSIDSIZE=self.ssidsize,
@@ -70,6 +71,12 @@ class Features:
         aidr = REG["AIDR"].layout.encode(ARCHMAJORREV=0, ARCHMINORREV=self.aidr_minor)
         return dict(IDR0=idr0, IDR1=idr1, IDR2=0, IDR3=idr3, IDR4=0, IDR5=idr5,
                     IIDR=self.iidr, AIDR=aidr)
+
+    @property
+    def ias_bits(self) -> int:
+        """The input address size (IHI 0070 §3.4): MAX(40 if IDR0.TTF[0], OAS if
+        TTF[1]); with AArch64 tables only (TTF=0b10) it is the OAS."""
+        return self.oas_bits
 
     def pa_bits(self, enc: int) -> int:
         """An IPS/S2PS encoding, capped to what this SMMU outputs (reserved → OAS)."""

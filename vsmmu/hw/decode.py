@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..arch.faults import Fault, FaultError
-from ..arch.features import Features
+from ..arch.features import STALL_MODEL, Features
 from ..arch.layouts import CD, STE, TG0_GRANULE, TG1_GRANULE, Config, Event
 from .walk import S1Config, S2Config, s2_geometry
 
@@ -97,6 +97,10 @@ def decode_ste(word: int, feat: Features) -> StreamConfig:
     if not stage1:
         return StreamConfig(config, vmid=vmid, s2=s2, s2_record=bool(s.S2R), eats=eats, word=word)
 
+    if s.S1STALLD and STALL_MODEL != 0b00:
+        # IHI 0070 §5.2 STE.S1STALLD: ILLEGAL with stage 1 enabled unless stalls are
+        # supported and not forced (IDR0.STALL_MODEL=0b00).
+        raise _bad_ste(f"S1STALLD=1 but IDR0.STALL_MODEL={STALL_MODEL:#04b}")
     if s.S1CDMAX > feat.ssidsize:
         raise _bad_ste(f"S1CDMax={s.S1CDMAX} beyond IDR1.SSIDSIZE={feat.ssidsize}")
     fmt = s.S1FMT if s.S1CDMAX else S1_FMT_LINEAR  # S1Fmt is ignored with a single CD
@@ -131,9 +135,14 @@ def _decode_s2(s, feat: Features) -> S2Config:
     ps_bits = feat.pa_bits(s.S2PS)
     if granule != 65536:
         ps_bits = min(ps_bits, 48)  # 52-bit output needs the 64K granule (no LPA2)
-    min_t0sz = 64 - ps_bits if granule == 65536 else max(16, 64 - ps_bits)
+    # IHI 0070 §5.2 STE.S2T0SZ: the smallest valid value follows from the input
+    # address size, not from S2PS (which bounds the output only): 64-IAS with the 64K
+    # granule, MAX(16, 64-IAS) with 4K/16K (no S2DS); out of range is ILLEGAL from
+    # SMMUv3.1.  QEMU bounds it by the effective S2PS instead (fuzz/peers/divergences.py).
+    ias = feat.ias_bits
+    min_t0sz = 64 - ias if granule == 65536 else max(16, 64 - ias)
     if not min_t0sz <= s.S2T0SZ <= 39:
-        raise _bad_ste(f"S2T0SZ={s.S2T0SZ} outside {min_t0sz}..39 for a {ps_bits}-bit S2PS")
+        raise _bad_ste(f"S2T0SZ={s.S2T0SZ} outside {min_t0sz}..39 for a {ias}-bit IAS")
     geometry = s2_geometry(s.S2T0SZ, s.S2SL0, granule, pa_max=feat.oas_bits)
     if geometry is None:
         raise _bad_ste(f"S2SL0={s.S2SL0} inconsistent with S2T0SZ={s.S2T0SZ}, granule {granule}")

@@ -217,6 +217,11 @@ class SmmuFrontend:
     def record_word(self, word: int, sid: int) -> bool:
         """Write a 256-bit record already encoded (the vSMMU forwards records)."""
         self._reach_event(word)
+        if EVENT.get(word, "ID") == Event.C_BAD_STREAMID and not self._f("CR2", "RECINVSID"):
+            # IHI 0070 §6.3.12 CR2.RECINVSID, §7.3.3: with RECINVSID=0 a transaction
+            # with an invalid StreamID is still terminated but C_BAD_STREAMID is not
+            # recorded.  That is the architecture's choice, not a lost event.
+            return False
         if not self._f("CR0ACK", "EVENTQEN"):
             self.events_lost += 1
             return False
@@ -303,14 +308,17 @@ class SmmuFrontend:
         two_level = self.feat.st_2lvl and _L["STRTAB_BASE_CFG"].get(cfg, "FMT") == 1
         if not two_level:  # reserved FMT values act as linear
             return (base & ~((STE_SIZE << log2) - 1)) + sid * STE_SIZE
-        # Reserved SPLIT values act as the next smaller supported one (6, 8, 10).
-        split = max((s for s in (6, 8, 10) if s <= _L["STRTAB_BASE_CFG"].get(cfg, "SPLIT")),
-                    default=6)
+        # IHI 0070 §6.3.25: SPLIT is 6, 8 or 10; any other value is reserved and
+        # behaves as 6.
+        split = _L["STRTAB_BASE_CFG"].get(cfg, "SPLIT")
+        split = split if split in (6, 8, 10) else 6
         l1_size = 8 << max(0, log2 - split)
         l1_addr = (base & ~(max(l1_size, 64) - 1)) + (sid >> split) * 8
         desc = self._fetch(l1_addr, 8, "ste", sid, Event.F_STE_FETCH)
         span = L1_STD.get(desc, "SPAN")
         index = sid & ((1 << split) - 1)
+        # IHI 0070 §5.1, §7.3.3: Span 0 is invalid and 12..31 are reserved, behaving as
+        # 0; Span > SPLIT+1, or an index past the L2 array, is an invalid StreamID.
         if span == 0 or span > split + 1 or index >> (span - 1):
             raise FaultError(Fault(Event.C_BAD_STREAMID))
         l2 = L1_STD.get(desc, "L2PTR") & ~((STE_SIZE << (span - 1)) - 1)

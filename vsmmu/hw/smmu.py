@@ -206,11 +206,11 @@ class Smmu(SmmuFrontend):
     def _cmd_pri_resp(self, c):
         return CmdError.ILL  # IDR0.PRI=0
 
-    def _cmd_resume(self, c) -> None:
-        pass  # nothing ever stalls (terminate model): no transaction matches
+    def _cmd_resume(self, c):
+        return CmdError.ILL  # IHI 0070 §4.7.1: CERROR_ILL when STALL_MODEL=0b01
 
-    def _cmd_stall_term(self, c) -> None:
-        pass
+    def _cmd_stall_term(self, c):
+        return CmdError.ILL  # IHI 0070 §4.7.2: likewise
 
     def _cmd_sync(self, c):
         if c.CS == 0b11:

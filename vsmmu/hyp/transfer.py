@@ -153,7 +153,8 @@ def _plain(action: Action, op: Op | None = None) -> Rule:
 
 
 # Every opcode a guest may use; anything else (stage-2 and EL2/EL3 TLBIs: the
-# vSMMU has no stage 2; PRI_RESP: no PRI; unknown opcodes) is CERROR_ILL.
+# vSMMU has no stage 2; PRI_RESP: no PRI; RESUME and STALL_TERM: no stalls,
+# IDR0.STALL_MODEL=0b01, IHI 0070 §4.7.1-2; unknown opcodes) is CERROR_ILL.
 GUEST_COMMANDS: dict[Op, Rule] = {
     Op.PREFETCH_CONFIG: _plain(Action.NOP, Op.PREFETCH_CONFIG),  # hints: dropped
     Op.PREFETCH_ADDR: _plain(Action.NOP, Op.PREFETCH_ADDR),
@@ -167,8 +168,6 @@ GUEST_COMMANDS: dict[Op, Rule] = {
     Op.TLBI_NH_VAA: _with_vmid(Op.TLBI_NH_VAA),
     Op.TLBI_NSNH_ALL: _nsnh_all,
     Op.ATC_INV: _with_psid(Op.ATC_INV, needs_ats=True),
-    Op.RESUME: _plain(Action.NOP, Op.RESUME),  # nothing stalls
-    Op.STALL_TERM: _plain(Action.NOP, Op.STALL_TERM),
     Op.SYNC: lambda cmd, ctx: (
         bv.ite(COMMANDS[Op.SYNC].get(cmd, "CS") == 0b11, Action.ILL, Action.SYNC, 8), 0),
 }

@@ -340,9 +340,11 @@ class SmmuDriver:
 
     def reset(self, *, two_level: bool | None = None, log2_sids: int | None = None,
               cmdq_log2: int = 8, evtq_log2: int = 8, gbpa_abort: bool = True,
-              irqs: bool = False) -> None:
+              irqs: bool = False, recinvsid: bool = True) -> None:
         """Bring the SMMU up from any state: disabled, fresh stream table and queues,
-        caches invalidated, then CMDQ, EVENTQ and translation enabled in that order."""
+        caches invalidated, then CMDQ, EVENTQ and translation enabled in that order.
+        `recinvsid`: record transactions with an invalid StreamID (CR2.RECINVSID, set
+        by Linux); without it they are terminated silently."""
         info = self.info or self.probe()
         if self._get("CR0", "SMMUEN"):
             self._update_gbpa(abort=True)  # no bypass window while we disable it
@@ -355,7 +357,7 @@ class SmmuDriver:
         cr1 = REG["CR1"].layout.encode(QUEUE_IC=1, QUEUE_OC=1, QUEUE_SH=3,
                                        TABLE_IC=1, TABLE_OC=1, TABLE_SH=3)
         self._write("CR1", cr1)
-        self._write("CR2", REG["CR2"].layout.encode(PTM=1, RECINVSID=1))
+        self._write("CR2", REG["CR2"].layout.encode(PTM=1, RECINVSID=int(recinvsid)))
         self._init_strtab(info, two_level, log2_sids)
         self._init_queues(info, cmdq_log2, evtq_log2)
         self._cd_tables.clear()
