@@ -5,10 +5,13 @@ every fuzzer finds in seconds (no timing assertions)."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
 from fuzz.bench import bugs as bench
+from fuzz.bench import execs
 from fuzz.bench.bugs import Trial, finding, format_text, plan, run_trial, summarize
 from fuzz.bench.plants import PLANTS
 from fuzz.cli import main as cli
@@ -21,6 +24,18 @@ def test_plan_runs_every_bug_seed_and_fuzzer_then_the_correct_model_per_target()
     assert [r for r in runs if r[1] is None] == [
         ("ours", None, "command", 1), ("ours", None, "command", 2),
         ("ours", None, "smmu", 1), ("ours", None, "smmu", 2)]
+
+
+def test_runs_find_the_checkout_and_the_harness_scripts(tmp_path):
+    """The benchmark's processes import this checkout and run scripts that exist,
+    wherever its own module sits (it moved into fuzz/bench/ once)."""
+    root = Path(__file__).resolve().parents[1]
+    env = bench.environment("ours", None, z3=False)
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(root)
+    for fuzzer in ("ours", "atheris-plain"):
+        script = Path(bench.command(fuzzer, "system", 1, tmp_path / "corpus")[1])
+        assert script.is_file() and script.parent == root / "fuzz" / "harnesses"
+    assert execs.HARNESSES == root / "fuzz" / "harnesses"
 
 
 def test_findings_are_read_from_libfuzzer_and_hypothesis_output():

@@ -94,7 +94,7 @@ def command(fuzzer: str, target: str, seed: int, corpus: Path) -> list[str]:
 def environment(fuzzer: str, plant: str | None, *, z3: bool) -> dict[str, str]:
     env = dict(os.environ)
     env.update(Settings(z3=z3, plant=plant, plain=fuzzer == "atheris-plain").env())
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the checkout: fuzz/bench/bugs.py
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

@@ -31,12 +31,12 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from ..campaign import HARNESSES
 from ..harness import TARGETS, Settings, make_runner, runner_hints
 from ..mutate import BIASES, Mutator
 from ..program import decode
 
 HAVE_ATHERIS = importlib.util.find_spec("atheris") is not None  # the harness scripts need it
-HARNESSES = Path(__file__).resolve().with_name("harnesses")
 MODES = {"off": Settings(monitor=False, z3=False), "concrete": Settings(z3=False),
          "concrete+z3": Settings()}
 
