@@ -8,10 +8,12 @@ Checked after every operation of the `smmu` target (fuzz/physical.py):
   * `fault-reporting`: a DMA that faults with a fault the architecture makes
     recordable is reported, never swallowed, when the event queue is enabled,
     has room and can be written (no EVENTQ_ABT_ERR): configuration and fetch
-    errors always; translation, address-size, access and permission faults
-    when the configuration the SMMU used has CD.R=1 (stage 1) or STE.S2R=1
-    (stage 2).  The record lands at PROD with the fault's event ID and SID.
-    And the converse: such a fault is not recorded when CD.R=0 or STE.S2R=0;
+    errors always (C_BAD_STREAMID when CR2.RECINVSID=1); translation,
+    address-size, access and permission faults when the configuration the
+    SMMU used has CD.R=1 (stage 1) or STE.S2R=1 (stage 2).  The record lands
+    at PROD with the fault's event ID and SID.
+    And the converse: such a fault is not recorded when CD.R=0 or STE.S2R=0,
+    nor C_BAD_STREAMID when CR2.RECINVSID=0;
   * `stream-bounds`: a transaction whose StreamID is beyond the stream table
     (SID >> min(STRTAB_BASE_CFG.LOG2SIZE, IDR1.SIDSIZE) != 0) ends in
     C_BAD_STREAMID, never in an STE read from past the table;
@@ -49,28 +51,27 @@ def _reg(smmu: Smmu, name: str) -> int:
     return smmu.read(r.offset, r.size)
 
 
-def queue_state(smmu: Smmu) -> QueueState:
-    """The event queue as software reads it from the registers."""
-    layout = REG["EVENTQ_BASE"].layout
-    base = _reg(smmu, "EVENTQ_BASE")
-    geo = QueueGeometry.from_base_reg(layout.get(base, "ADDR"), layout.get(base, "LOG2SIZE"),
-                                      REG["IDR1"].layout.get(_reg(smmu, "IDR1"), "EVENTQS"), 32)
-    prod = REG["EVENTQ_PROD"].layout.get(_reg(smmu, "EVENTQ_PROD"), "WR")
-    cons = REG["EVENTQ_CONS"].layout.get(_reg(smmu, "EVENTQ_CONS"), "RD")
-    gerror = REG["GERROR"].layout
-    active = gerror.get(_reg(smmu, "GERROR") ^ _reg(smmu, "GERRORN"), "EVENTQ_ABT_ERR")
-    return QueueState(bool(REG["CR0ACK"].layout.get(_reg(smmu, "CR0ACK"), "EVENTQEN")),
-                       geo.full(prod, cons), prod, bool(active), geo)
-
-
-# ------------------------------------------------------------ queue protocol
 def _field(smmu: Smmu, reg: str, name: str) -> int:
     return REG[reg].layout.get(_reg(smmu, reg), name)
 
 
-def _cmdq_error(smmu: Smmu) -> bool:
-    return bool(REG["GERROR"].layout.get(_reg(smmu, "GERROR") ^ _reg(smmu, "GERRORN"),
-                                         "CMDQ_ERR"))
+def _gerror_active(smmu: Smmu, name: str) -> bool:
+    """A global error is active while its GERROR and GERRORN bits differ."""
+    return bool(REG["GERROR"].layout.get(_reg(smmu, "GERROR") ^ _reg(smmu, "GERRORN"), name))
+
+
+def queue_state(smmu: Smmu) -> QueueState:
+    """The event queue as software reads it from the registers."""
+    geo = QueueGeometry.from_base_reg(_field(smmu, "EVENTQ_BASE", "ADDR"),
+                                      _field(smmu, "EVENTQ_BASE", "LOG2SIZE"),
+                                      _field(smmu, "IDR1", "EVENTQS"), 32)
+    prod = _field(smmu, "EVENTQ_PROD", "WR")
+    return QueueState(bool(_field(smmu, "CR0ACK", "EVENTQEN")),
+                      geo.full(prod, _field(smmu, "EVENTQ_CONS", "RD")), prod,
+                      _gerror_active(smmu, "EVENTQ_ABT_ERR"), geo)
+
+
+# ------------------------------------------------------------ queue protocol
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def rings(smmu: Smmu) -> dict[str, Ring | int | None]:
     CMDQ_ERR is active (else None)."""
     # An error acknowledged during the operation (GERRORN written) lets the queue go on.
     out: dict[str, Ring | int | None] = {
-        "cmdq_error": _reg(smmu, "GERRORN") if _cmdq_error(smmu) else None}
+        "cmdq_error": _reg(smmu, "GERRORN") if _gerror_active(smmu, "CMDQ_ERR") else None}
     for q in ("CMDQ", "EVENTQ"):
         if _field(smmu, "CR0ACK", f"{q}EN"):
             log2 = min(_field(smmu, f"{q}_BASE", "LOG2SIZE"), _field(smmu, "IDR1", f"{q}S"))
