@@ -237,7 +237,7 @@ def _event_service() -> SeedBuilder:
     b = SeedBuilder("event-service", "faults of every kind a guest's own state causes "
                     "(a bad vSTE, an SSID beyond its CD table, an unmapped IOVA), each "
                     "followed by the guest draining its event queue, then the vSTE repaired")
-    b.vste("nic0", STE.encode(V=1, CONFIG=0b010))  # reserved Config
+    b.vste("nic0", STE.encode(V=1, CONFIG=0b110))  # stage 2: the vSMMU has none (ILLEGAL)
     b.dma("nic0", DMA_IOVA, 8)
     b.events("g0", "smmu0")
     b.vste("nic0", ste_s1(b.cd_table("nic0")))

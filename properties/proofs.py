@@ -118,7 +118,8 @@ def prove_all(hyp: Hypervisor | None = None, timeout_ms: int = TIMEOUT_MS) -> li
     results = [prove_events(timeout_ms=timeout_ms, subject="all guests")]
     for guest in hyp.guests.values():
         for vsmmu in guest.vsmmus.values():
-            host = HostStream(guest.s2_ste, vsmmu.feat.ssidsize, vsmmu.feat.ats)
+            host = HostStream(guest.s2_ste, vsmmu.feat.ssidsize, vsmmu.feat.ats,
+                              vsmmu.feat.oas_bits)
             results.append(prove_vste(host, vsmmu.name, timeout_ms=timeout_ms))
             results.append(prove_commands(vsmmu.context(), vsmmu.name, timeout_ms=timeout_ms))
     return results

@@ -25,7 +25,8 @@ def hyp():
 def g0(hyp):
     guest = hyp.guests["g0"]
     vsmmu = guest.vsmmus["smmu0"]
-    return HostStream(guest.s2_ste, vsmmu.feat.ssidsize, False), vsmmu.context()
+    host = HostStream(guest.s2_ste, vsmmu.feat.ssidsize, False, vsmmu.feat.oas_bits)
+    return host, vsmmu.context()
 
 
 def test_every_proof_holds_on_the_real_code(hyp):
@@ -74,7 +75,7 @@ def _pa_in_event(record, vsid, fetch_ipa):  # records leak a physical address (c
 @pytest.mark.parametrize("broken", [_leak_s2ttb, _bypass_passthrough, _full_ats])
 def test_s2_authority_proof_catches_broken_sanitizers(g0, broken):
     host, _ = g0
-    host = HostStream(host.s2_ste, host.ssidsize, ats=True)
+    host = HostStream(host.s2_ste, host.ssidsize, ats=True, oas_bits=host.oas_bits)
     r = prove_vste(host, "broken", transfer=broken)
     assert r.result == "violated"
     vste = int(r.counterexample["vste"], 16)

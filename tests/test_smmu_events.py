@@ -203,9 +203,6 @@ S1 = dict(V=1, CONFIG=0b101, S1CONTEXTPTR=CDS)
 S2 = dict(V=1, CONFIG=0b110)
 BAD_STES = {
     "V=0": words(QEMU_STE_W0 & ~1),
-    "Config=0b001": words(0x3),
-    "Config=0b010": words(0x5),
-    "Config=0b011": words(0x7),
     "S2TG=3": STE.encode(**S2, **s2_fields(S2TG=3)),
     "S2SL0=2 with S2T0SZ=25 (4K: start level 0 needs > 39 bits)": STE.encode(
         **S2, **s2_fields(S2SL0=2)),
@@ -217,13 +214,15 @@ BAD_STES = {
     "S2ENDI=1": STE.encode(**S2, **s2_fields(S2ENDI=1)),
     "S2S=1": STE.encode(**S2, **s2_fields(S2S=1)),
     "S2HA=1": STE.encode(**S2, **s2_fields(S2HA=1)),
+    "S2HD=1": STE.encode(**S2, **s2_fields(S2HD=1)),
     "S2TTB at 2^44 with S2PS=44 bits": STE.encode(**S2, **s2_fields(ttb=1 << 44)),
     "nested S2AA64=0": STE.encode(V=1, CONFIG=0b111, S1CONTEXTPTR=CDS,
                                   **s2_fields(S2AA64=0)),
     "S1CDMax=9 > SSIDSIZE=8": STE.encode(**S1, S1CDMAX=9),
-    "S1Fmt=3": STE.encode(**S1, S1CDMAX=1, S1FMT=3),
+    # Model choice (bits above the OAS are RES0, CONSTRAINED UNPREDICTABLE): ILLEGAL
+    "S1ContextPtr at 2^48, beyond the 48-bit OAS": STE.encode(V=1, CONFIG=0b101,
+                                                              S1CONTEXTPTR=1 << 48),
     "EATS=2 on a stage-1-only stream": STE.encode(**S1, EATS=2),
-    "EATS=3": STE.encode(**S1, EATS=3),
     "STRW=EL2 without IDR0.HYP": STE.encode(**S1, STRW=2),
     # §5.2 STE.S1STALLD: ILLEGAL with stage 1 unless IDR0.STALL_MODEL=0b00 (here 0b01)
     "S1STALLD=1 without stall support": STE.encode(**S1, S1STALLD=1),
@@ -252,6 +251,33 @@ def test_s2aa64_zero_does_not_crash():
     assert not env.smmu.ats_request(8, 0x4000000).ok
     env.cmd(command(Op.PREFETCH_CONFIG, SID=8))
     assert env.r(GERROR) == 0
+
+
+LACKING = {  # (features, STE or None, CD words or None): the SMMU lacks what it names
+    "Config=S1 without IDR0.S1P": (Features(s1p=False), STE.encode(**S1), None),
+    "S1Fmt 2-level without IDR0.CD2L": (Features(cd_2lvl=False),
+                                        STE.encode(**S1, S1CDMAX=1, S1FMT=1), None),
+    "S2TG=64K without IDR5.GRAN64K": (Features(granules=frozenset({4096})),
+                                      STE.encode(**S2, **s2_fields(S2TG=1)), None),
+    # TG0 bits 7:6 = 0b01 (64K) in CD word 0
+    "CD.TG0=64K without IDR5.GRAN64K": (Features(granules=frozenset({4096})), None,
+                                        (0xC0000059, QEMU_CD_W1, QEMU_CD_W2, 0)),
+}
+
+
+@pytest.mark.parametrize("feat, ste, cd", LACKING.values(), ids=LACKING.keys())
+def test_structure_using_a_feature_the_smmu_lacks_is_illegal(feat, ste, cd):
+    """IHI 0070 §5.2 / §5.4: a field selecting what the ID registers do not
+    advertise makes the STE (C_BAD_STE, 0x04) or CD (C_BAD_CD, 0x0A) ILLEGAL."""
+    env = Env(feat).setup()
+    env.qemu_s1()
+    if ste is not None:
+        env.put_ste(8, ste)
+    if cd is not None:
+        env.put_cd(CDS, words(*cd))
+    assert not env.dma(8, 0x200000).ok
+    assert env.events() == [(0x0000_0008_0000_0004 if ste is not None else
+                             0x0000_0008_0000_000A, 0, 0, 0)]
 
 
 def test_c_bad_ste_for_a_stage_the_smmu_lacks():
@@ -283,6 +309,51 @@ def test_f_stream_disabled():
     r = env.dma(8, 0x200000)
     assert not r.ok and r.fault.event == Event.F_STREAM_DISABLED
     assert env.events() == [(0x0000_0008_0000_0006, 0, 0, 0)]
+
+
+def test_reserved_config_behaves_as_abort():
+    """IHI 0070 §5.2 STE.Config: 0b001-0b011 are reserved and behave as 0b000: the
+    transaction is terminated, no event recorded (§7.3.7)."""
+    env = s1_env()
+    for config_dword in (0x3, 0x5, 0x7):  # V=1, Config 0b001 / 0b010 / 0b011
+        env.put_ste(8, words(config_dword))
+        r = env.dma(8, 0x200000)
+        assert not r.ok and r.fault is None and not r.recorded
+    assert env.events() == []
+
+
+def test_reserved_s1fmt_and_s1dss_behave_as_0b00():
+    """IHI 0070 §5.2: S1Fmt 0b11 behaves as 0b00 (a linear CD table); S1DSS 0b11 as
+    0b00 (a transaction without a substream is terminated with F_STREAM_DISABLED)."""
+    env = s1_env()
+    env.put_cd(CDS + 64, words(QEMU_CD_W0, QEMU_CD_W1, QEMU_CD_W2))  # CD 1, linear
+    env.put_ste(8, STE.encode(**S1, S1CDMAX=1, S1FMT=3, S1DSS=3))
+    assert env.dma(8, 0x200000, ssid=1).pa == 0x44000000  # CD 1 at CDS + 64
+    assert not env.dma(8, 0x200000).ok
+    assert env.events() == [(0x0000_0008_0000_0006, 0, 0, 0)]
+
+
+def test_eats_0b11_behaves_as_0b00_without_dpt():
+    """IHI 0070 §5.2 STE.EATS: 0b11 (full ATS with DPT checks) is reserved when
+    IDR3.DPT=0 and behaves as 0b00: a translation request gets F_BAD_ATS_TREQ."""
+    env = s1_env()
+    env.put_ste(8, STE.encode(**S1, EATS=3))
+    assert env.dma(8, 0x200000).pa == 0x44000000  # the STE is valid
+    r = env.smmu.ats_request(8, 0x200000)
+    assert not r.ok and r.fault.event == Event.F_BAD_ATS_TREQ
+
+
+def test_fields_ignored_where_the_architecture_ignores_them():
+    """IHI 0070 §5.2: STE.STRW is IGNORED with stage 2 enabled, STE.EATS without
+    IDR0.ATS; neither can then make the STE ILLEGAL."""
+    env = Env().setup()
+    env.s2_only(STRW=2)  # EL2 would be ILLEGAL on a stage-1-only STE (IDR0.HYP=0)
+    assert env.dma(8, 0x04000800).pa == 0x44000800
+    no_ats = Env(Features(ats=False)).setup()
+    no_ats.qemu_s1()
+    no_ats.put_ste(8, STE.encode(**S1, EATS=2))  # split-stage without nesting
+    assert no_ats.dma(8, 0x200000).pa == 0x44000000
+    assert env.events() == no_ats.events() == []
 
 
 def test_s1dss_bypass_and_substream0():
@@ -334,7 +405,9 @@ def test_c_bad_substreamid_ranges():
     assert env.events() == [
         (0x0000_0008_0000_1808, 0, 0, 0),  # SSID 1, S1CDMax=0
         (0x0000_0009_0000_2808, 0, 0, 0),  # SSID 2 >= 2^1
-        (0x0000_000A_0000_0808, 0, 0, 0),  # SSV=1 SSID=0 with S1DSS=substream0
+        # SSV=1 SSID=0 with S1DSS=substream0: §5.2 STE.S1DSS 0b10 terminates it with
+        # F_STREAM_DISABLED (0x06), not C_BAD_SUBSTREAMID
+        (0x0000_000A_0000_0806, 0, 0, 0),
     ]
 
 

@@ -46,8 +46,8 @@ VMID, TTB = 5, 0x1000_8000
 # | S2T0SZ 24 (0x18 << 32) | S2SL0 1 (1 << 38) | S2IR0 1 (1 << 40) | S2OR0 1 (1 << 42)
 # | S2SH0 3 (3 << 44) | S2PS 40 bits (2 << 48) | S2AA64 (1 << 51) | S2R (1 << 58).
 HOST_S2 = dw(0xD, 0, 0x040A_3558_0000_0005, TTB)
-HOST = HostStream(HOST_S2, ssidsize=8, ats=False)
-HOST_ATS = HostStream(HOST_S2, ssidsize=8, ats=True)
+HOST = HostStream(HOST_S2, ssidsize=8, ats=False, oas_bits=40)
+HOST_ATS = HostStream(HOST_S2, ssidsize=8, ats=True, oas_bits=40)
 
 # A stage-1 vSTE with every whitelisted field set, and junk everywhere else:
 #   dword 0: V 1 | Config 0b101 (0xA) | S1Fmt 2 (0x20) | S1ContextPtr 0x40010040
@@ -77,33 +77,41 @@ def with_dw0(word: int, dword0: int) -> int:
     # guest's; abort (0x1): the abort STE.
     (with_dw0(GUEST_S1 & ~(3 << 92), 0x9), HOST, HOST_S2),
     (with_dw0(GUEST_S1 & ~(3 << 92), 0x1), HOST_ATS, 0x1),
-    # Rejected (V=0 physical STE: the SMMU raises C_BAD_STE): V=0, S2/nested/reserved
-    # Config, S1CDMax 9 > SSIDSIZE 8, EATS 2 or 3 with stage-1 translation.
+    # Rejected (V=0 physical STE: the SMMU raises C_BAD_STE): V=0, S2/nested Config
+    # (the vSMMU has no stage 2), S1CDMax 9 > SSIDSIZE 8, EATS 0b10 with stage-1
+    # translation, S1ContextPtr 1 << 40 beyond the vSMMU's 40-bit OAS (§5.2, §3.4.3).
     (GUEST_S1 & ~1, HOST, 0),
     (with_dw0(GUEST_S1, 0xD), HOST, 0),
     (with_dw0(GUEST_S1, 0xF), HOST, 0),
-    (with_dw0(GUEST_S1, 0x3), HOST, 0),
-    (with_dw0(GUEST_S1, 0x5), HOST, 0),
-    (with_dw0(GUEST_S1, 0x7), HOST, 0),
     (with_dw0(GUEST_S1, 0x4800_0000_4001_006B), HOST, 0),
     (GUEST_S1 ^ 3 << 92, HOST_ATS, 0),  # EATS 0b10
-    (GUEST_S1 | 3 << 92, HOST_ATS, 0),  # EATS 0b11
+    (with_dw0(GUEST_S1, 0x1870_0100_0000_002B), HOST, 0),
+    # The reserved Configs 0b001-0b011 behave as abort (§5.2 STE.Config): the abort STE.
+    (with_dw0(GUEST_S1, 0x3), HOST, 0x1),
+    (with_dw0(GUEST_S1, 0x5), HOST, 0x1),
+    (with_dw0(GUEST_S1, 0x7), HOST, 0x1),
+    # EATS 0b11 is reserved without DPT and behaves as 0b00 (§5.2 STE.EATS): no ATS.
+    (GUEST_S1 | 3 << 92, HOST_ATS, NESTED),
+    # The highest S1ContextPtr within 40 bits, 0xFF_FFFF_FFC0: accepted.
+    (with_dw0(GUEST_S1, 0x1870_00FF_FFFF_FFEB), HOST,
+     with_dw0(NESTED, 0x1800_00FF_FFFF_FFEF)),
     # Abort and bypass ignore the stage-1 fields, EATS and S1CDMax included.
     (with_dw0(GUEST_S1, 0x9), HOST_ATS, HOST_S2),  # bypass with EATS 1
     (with_dw0(GUEST_S1, 0x1), HOST_ATS, 0x1),  # abort with EATS 1
     # S1CDMax 8 == SSIDSIZE: accepted.
     (with_dw0(GUEST_S1, 0x4070_0000_4001_006B), HOST,
      with_dw0(NESTED, 0x4000_0000_4001_006F)),
-], ids=["s1", "s1-ats", "bypass", "abort", "v0", "s2", "nested", "cfg1", "cfg2", "cfg3",
-        "cdmax9", "eats2", "eats3", "bypass-eats", "abort-eats", "cdmax8"])
+], ids=["s1", "s1-ats", "bypass", "abort", "v0", "s2", "nested", "cdmax9", "eats2",
+        "ctxptr-beyond-oas", "cfg1", "cfg2", "cfg3", "eats3", "ctxptr-max", "bypass-eats",
+        "abort-eats", "cdmax8"])
 def test_vste_to_pste_golden(vste, host, expected):
     assert vste_to_pste(vste, host) == expected
 
 
 def test_vste_to_pste_ssidsize_is_the_hosts():
     vste = with_dw0(GUEST_S1, 0x0870_0000_4001_006B)  # S1CDMax 1
-    assert vste_to_pste(vste, HostStream(HOST_S2, ssidsize=0, ats=False)) == 0
-    assert vste_to_pste(vste, HostStream(HOST_S2, ssidsize=1, ats=False)) != 0
+    assert vste_to_pste(vste, HostStream(HOST_S2, ssidsize=0, ats=False, oas_bits=40)) == 0
+    assert vste_to_pste(vste, HostStream(HOST_S2, ssidsize=1, ats=False, oas_bits=40)) != 0
 
 
 # -------------------------------------------------------------- commands
@@ -232,6 +240,8 @@ def test_z3_every_vste_keeps_the_hosts_stage2(host):
                                           "PRIVCFG", "INSTCFG"))
     _unsat(valid, p & host_only != 0)
     _unsat(valid, config == 0b111, _f(STE, p, "MEV") != 1)  # events merged: no flood
+    # The context pointer stays within the guest's IPA space (the vSMMU's OAS).
+    _unsat(valid, config == 0b111, z3.UGT(_f(STE, p, "S1CONTEXTPTR"), (1 << 40) - 1))
     if not host.ats:
         _unsat(_f(STE, p, "EATS") != 0)
     else:

@@ -186,10 +186,6 @@ KNOWN_DIVERGENCES: tuple[Known, ...] = (
           "terminated and a stage-1 F_ADDR_SIZE recorded.",
           "passes it through to an unassigned address: dropped, nothing recorded"),
     # ------------------------------------------------------------ configuration
-    Known("config-reserved-abort", QEMU_DEVIATION,
-          "IHI 0070 STE.Config: 0b001-0b011 are reserved; an STE using them is ILLEGAL "
-          "(C_BAD_STE).",
-          "treats every Config with bit 2 clear as abort: silently terminated"),
     Known("s2-geometry-unchecked", QEMU_DEVIATION,
           "IHI 0070 STE.S2T0SZ: 'Use of a value of S2T0SZ that is inconsistent with the "
           "permitted range (given S2SL0 and S2TG) is ILLEGAL' (C_BAD_STE).",
@@ -212,17 +208,15 @@ KNOWN_DIVERGENCES: tuple[Known, ...] = (
           "IHI 0070 F_CD_FETCH record: the CD address goes in FetchAddr (bits 243:195).",
           "writes it to InputAddr (bits 191:128), FetchAddr = 0"),
     Known("strw-without-hyp", IMPDEF,
-          "IHI 0070 STE.STRW with SMMU_IDR0.HYP=0: only NS-EL1 exists; 0b01 is reserved and "
-          "the EL2 encodings unsupported. Ours: ILLEGAL (C_BAD_STE); either reading is allowed "
-          "(CONSTRAINED UNPREDICTABLE use of a reserved/unsupported encoding).",
+          "IHI 0070 §5.2 STE.STRW (G.b), stage-1-only Non-secure STE with SMMU_IDR0.HYP=0: "
+          "0bx1 is ILLEGAL and 0b10 RES0 (CONSTRAINED UNPREDICTABLE); ours: ILLEGAL "
+          "(C_BAD_STE) for both. IGNORED with stage 2 enabled, by both.",
           "ignores STRW"),
-    Known("eats-without-ats", IMPDEF,
-          "IHI 0070 STE.EATS is RES0 when SMMU_IDR0.ATS=0; a non-zero value is CONSTRAINED "
-          "UNPREDICTABLE. Ours still rejects the reserved 0b11 and S1CHK without nesting.",
-          "ignores EATS"),
-    Known("ctxptr-beyond-oas-fetched", IMPDEF,
-          "IHI 0070 STE.S1ContextPtr: address bits above SMMU_IDR5.OAS are RES0; a set bit "
-          "is CONSTRAINED UNPREDICTABLE. Ours: ILLEGAL (C_BAD_STE).",
+    Known("ctxptr-beyond-oas-fetched", QEMU_DEVIATION,
+          "IHI 0070 §5.2 STE.S1ContextPtr, §3.4.3 (G.b): with stage 1 only, a pointer "
+          "beyond SMMU_IDR5.OAS makes the STE ILLEGAL (C_BAD_STE) from SMMUv3.1, which QEMU "
+          "advertises (AIDR); with stage 2, beyond the IAS it is C_BAD_STE or a stage-2 "
+          "Translation fault.",
           "fetches the CD from the out-of-range address: F_CD_FETCH"),
     Known("s2ha-s2hd-without-httu", QEMU_DEVIATION,
           "IHI 0070 §5.2 STE.S2HA/S2HD (G.b): with stage 2 enabled, S2HA=1 is ILLEGAL when "
@@ -234,10 +228,6 @@ KNOWN_DIVERGENCES: tuple[Known, ...] = (
           "with 52-bit PAs (FEAT_LPA); with SMMU_IDR5.OAS=44 they are RES0 and a set bit is "
           "CONSTRAINED UNPREDICTABLE. Ours reads them as OA[51:48] (F_ADDR_SIZE).",
           "ignores them"),
-    Known("s1stalld-without-stall", IMPDEF,
-          "IHI 0070 STE.S1STALLD is RES0 when SMMU_IDR0.STALL_MODEL=0b01 (no stalls); a "
-          "non-zero value is CONSTRAINED UNPREDICTABLE. Ours ignores it.",
-          "C_BAD_STE"),
     Known("gbpa-ignored", QEMU_DEVIATION,
           "IHI 0070 SMMU_GBPA: with SMMUEN=0 and GBPA.ABORT=1 incoming transactions are "
           "terminated.",

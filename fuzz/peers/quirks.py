@@ -26,7 +26,7 @@ from vsmmu.arch.layouts import (
     FaultClass,
     Op,
 )
-from vsmmu.hw.decode import BadConfig, StreamConfig, decode_ste
+from vsmmu.hw.decode import StreamConfig, decode_ste
 from vsmmu.hw.memory import BusError, PhysMem
 from vsmmu.hw.smmu import READ, Aborted, Smmu
 from vsmmu.hw.walk import GRANULES, s1_start_level, s2_geometry
@@ -138,33 +138,22 @@ class QuirkSmmu(Smmu):
 
     def _stream(self, sid: int) -> StreamConfig:
         q = self.quirks
-        if not q & {"config-reserved-abort", "strw-without-hyp", "eats-without-ats",
-                    "s1stalld-without-stall", "ctxptr-beyond-oas-fetched",
-                    "s2ha-s2hd-without-httu"}:
+        if not q & {"strw-without-hyp", "ctxptr-beyond-oas-fetched", "s2ha-s2hd-without-httu"}:
             return super()._stream(sid)
         cached = self.config_cache.get_ste(sid)
         if cached is not None:
             return cached
         word = self._fetch(self._ste_addr(sid), 64, "ste", sid, Event.F_STE_FETCH)
-        s = STE.decode(word)
-        if s.V and not s.CONFIG & 0b100 and "config-reserved-abort" in q:
-            stream = StreamConfig(Config.ABORT, vmid=0, s2=None, s2_record=False, word=word)
-        else:
-            if (s.V and s.CONFIG in (Config.S1_TRANS, Config.NESTED) and s.S1STALLD
-                    and "s1stalld-without-stall" in q):
-                raise BadConfig(Event.C_BAD_STE, "QEMU: S1STALLD=1")
-            if "strw-without-hyp" in q:
-                word = STE.put(word, "STRW", 0)
-            if "eats-without-ats" in q:
-                word = STE.put(word, "EATS", 0)
-            if "s2ha-s2hd-without-httu" in q:
-                word = STE.put(STE.put(word, "S2HA", 0), "S2HD", 0)
-            ctx_ptr = STE.get(word, "S1CONTEXTPTR")
-            if "ctxptr-beyond-oas-fetched" in q:  # decode as if in range, fetch as written
-                word = STE.put(word, "S1CONTEXTPTR", ctx_ptr & ((1 << self.feat.oas_bits) - 1))
-            stream = decode_ste(word, self.feat)
-            if stream.stage1 and stream.ctx_ptr != ctx_ptr:
-                stream = replace(stream, ctx_ptr=ctx_ptr)
+        if "strw-without-hyp" in q:
+            word = STE.put(word, "STRW", 0)
+        if "s2ha-s2hd-without-httu" in q:
+            word = STE.put(STE.put(word, "S2HA", 0), "S2HD", 0)
+        ctx_ptr = STE.get(word, "S1CONTEXTPTR")
+        if "ctxptr-beyond-oas-fetched" in q:  # decode as if in range, fetch as written
+            word = STE.put(word, "S1CONTEXTPTR", ctx_ptr & ((1 << self.feat.oas_bits) - 1))
+        stream = decode_ste(word, self.feat)
+        if stream.stage1 and stream.ctx_ptr != ctx_ptr:
+            stream = replace(stream, ctx_ptr=ctx_ptr)
         self.config_cache.put_ste(sid, stream)
         return stream
 

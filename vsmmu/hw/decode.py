@@ -74,10 +74,9 @@ def decode_ste(word: int, feat: Features) -> StreamConfig:
     s = STE.decode(word)
     if not s.V:
         raise _bad_ste("V=0")
-    try:
-        config = Config(s.CONFIG)
-    except ValueError:
-        raise _bad_ste(f"reserved Config {s.CONFIG:#05b}") from None
+    # IHI 0070 §5.2 STE.Config: 0b001-0b011 are reserved and behave as 0b000 (abort,
+    # no event).
+    config = Config(s.CONFIG) if s.CONFIG & 0b100 else Config.ABORT
     if config in (Config.ABORT, Config.BYPASS):
         return StreamConfig(config, vmid=0, s2=None, s2_record=False, word=word)
     stage1 = config in (Config.S1_TRANS, Config.NESTED)
@@ -86,11 +85,17 @@ def decode_ste(word: int, feat: Features) -> StreamConfig:
         raise _bad_ste("stage 1 enabled but IDR0.S1P=0")
     if stage2 and not feat.s2p:
         raise _bad_ste("stage 2 enabled but IDR0.S2P=0")
-    if s.STRW != 0:
-        raise _bad_ste("STRW selects EL2 but IDR0.HYP=0")  # only NS-EL1 streams exist here
-    if s.EATS == 3 or (s.EATS == EATS_S1CHK and config != Config.NESTED):
+    # IHI 0070 §5.2 STE.STRW is IGNORED with stage 2 enabled; a Non-secure STE on an
+    # SMMU without IDR0.HYP has only NS-EL1 (0bx1 is ILLEGAL, 0b10 RES0, CONSTRAINED
+    # UNPREDICTABLE: ILLEGAL here too).
+    if s.STRW != 0 and config == Config.S1_TRANS:
+        raise _bad_ste("STRW selects EL2/EL3 but IDR0.HYP=0")
+    # IHI 0070 §5.2 STE.EATS is IGNORED without IDR0.ATS; split-stage (0b10) is ILLEGAL
+    # unless nested; 0b11 is "full ATS with DPT checks", reserved without IDR3.DPT (not
+    # implemented here) and behaving as 0b00.
+    if feat.ats and s.EATS == EATS_S1CHK and config != Config.NESTED:
         raise _bad_ste(f"EATS={s.EATS} not valid for Config {config.name}")
-    eats = s.EATS if feat.ats else EATS_ABORT  # EATS is ignored without ATS
+    eats = s.EATS if feat.ats and s.EATS != 0b11 else EATS_ABORT
 
     s2 = _decode_s2(s, feat) if stage2 else None
     vmid = s.S2VMID if feat.vmid16 else s.S2VMID & 0xFF
@@ -103,19 +108,21 @@ def decode_ste(word: int, feat: Features) -> StreamConfig:
         raise _bad_ste(f"S1STALLD=1 but IDR0.STALL_MODEL={STALL_MODEL:#04b}")
     if s.S1CDMAX > feat.ssidsize:
         raise _bad_ste(f"S1CDMax={s.S1CDMAX} beyond IDR1.SSIDSIZE={feat.ssidsize}")
-    fmt = s.S1FMT if s.S1CDMAX else S1_FMT_LINEAR  # S1Fmt is ignored with a single CD
-    if fmt == 3:
-        raise _bad_ste("reserved S1Fmt 0b11")
+    # IHI 0070 §5.2 STE.S1Fmt, STE.S1DSS: both are IGNORED with a single CD, and their
+    # reserved 0b11 behaves as 0b00 (a linear CD table; terminate).
+    fmt = s.S1FMT if s.S1CDMAX and s.S1FMT != 0b11 else S1_FMT_LINEAR
     if fmt != S1_FMT_LINEAR and not feat.cd_2lvl:
         raise _bad_ste("2-level CD table but IDR0.CD2L=0")
-    if s.S1CDMAX and s.S1DSS == 3:
-        raise _bad_ste("reserved S1DSS 0b11")
-    ctx_limit = s2.ps_bits if s2 else feat.oas_bits
+    dss = s.S1DSS if s.S1DSS != 0b11 else DSS_TERMINATE
+    # IHI 0070 §5.2 STE.S1ContextPtr: a PA within the OAS, or with stage 2 an IPA within
+    # the IAS; out of range is CONSTRAINED UNPREDICTABLE (§3.4.3), ILLEGAL being one of
+    # the permitted behaviours and the one chosen here.
+    ctx_limit = feat.ias_bits if s2 else feat.oas_bits
     if s.S1CONTEXTPTR >> ctx_limit:
         raise _bad_ste(f"S1ContextPtr {s.S1CONTEXTPTR:#x} beyond {ctx_limit}-bit address size")
     return StreamConfig(
         config, vmid=vmid if feat.s2p else 0, s2=s2, s2_record=bool(s.S2R),
-        ctx_ptr=s.S1CONTEXTPTR, s1_fmt=fmt, s1_cdmax=s.S1CDMAX, s1_dss=s.S1DSS,
+        ctx_ptr=s.S1CONTEXTPTR, s1_fmt=fmt, s1_cdmax=s.S1CDMAX, s1_dss=dss,
         eats=eats, word=word,
     )
 
@@ -164,7 +171,7 @@ def decode_cd(word: int, feat: Features) -> ContextConfig:
     if c.ENDI:
         raise _bad_cd("ENDI=1: big-endian tables are not implemented")
     if not c.A:
-        raise _bad_cd("A=0: the access flag must be enabled (RES1 in SMMUv3.1)")
+        raise _bad_cd("A=0 with IDR0.TERM_MODEL=1")  # IHI 0070 §5.5
     if c.S:
         raise _bad_cd("S=1: stall model not implemented")
     if c.HA or c.HD:

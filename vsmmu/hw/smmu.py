@@ -329,9 +329,12 @@ class Smmu(SmmuFrontend):
     def _translate_stream(self, sid, stream: StreamConfig, addr, access, ssid):
         if ssid is not None and (
             not stream.stage1 or not stream.s1_cdmax or ssid >> stream.s1_cdmax
-            or (ssid == 0 and stream.s1_dss == DSS_SUBSTREAM0)
         ):
             raise FaultError(Fault(Event.C_BAD_SUBSTREAMID))
+        if ssid == 0 and stream.s1_dss == DSS_SUBSTREAM0:
+            # IHI 0070 §5.2 STE.S1DSS=0b10: substream 0 belongs to transactions without
+            # one; a transaction that selects it is terminated with F_STREAM_DISABLED.
+            raise FaultError(Fault(Event.F_STREAM_DISABLED))
         if stream.config == Config.ABORT:
             raise Aborted("STE Config=abort")
         if stream.config == Config.BYPASS:

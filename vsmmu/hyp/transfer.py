@@ -48,7 +48,9 @@ VSTE_ALLOWED = _mask(STE, VSTE_GUEST_FIELDS)
 # The stage-1 half copied into a nested physical STE (V, Config, EATS are decided here).
 S1_HALF = _mask(STE, VSTE_GUEST_FIELDS[2:-1])
 ABORT_STE = STE.encode(V=1, CONFIG=Config.ABORT)
-GUEST_CONFIGS = frozenset({Config.ABORT, Config.BYPASS, Config.S1_TRANS})
+# What the vSMMU (IDR0.S1P only) accepts; the reserved 0b001-0b011 behave as abort
+# (IHI 0070 §5.2 STE.Config).
+GUEST_CONFIGS = frozenset({Config.ABORT, 0b001, 0b010, 0b011, Config.BYPASS, Config.S1_TRANS})
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class HostStream:
     s2_ste: int  # the guest's stage-2-only STE: V, Config=S2, VMID, S2 fields, S2R, S2PTW
     ssidsize: int  # the vSMMU's advertised IDR1.SSIDSIZE
     ats: bool  # the device may use ATS: EATS=translate is honoured
+    oas_bits: int  # the vSMMU's advertised OAS: the guest's S1ContextPtr lies within it
 
 
 def vste_to_pste(vste: Any, host: HostStream) -> Any:
@@ -71,7 +74,12 @@ def vste_to_pste(vste: Any, host: HostStream) -> Any:
         bv.member(config, GUEST_CONFIGS),
         bv.implies(config == Config.S1_TRANS, bv.all_of(
             bv.ule(STE.get(vste, "S1CDMAX"), host.ssidsize),
-            bv.ule(eats, 1),  # abort or translate; S1CHK is the hypervisor's business
+            # S1CHK (split-stage) needs nesting, which the vSMMU does not offer; the
+            # reserved 0b11 behaves as 0b00 (§5.2 STE.EATS, no DPT).
+            bv.not_(eats == EATS_S1CHK),
+            # A stage-1-only STE's context pointer is a PA within the OAS; beyond it,
+            # SMMUv3.1 makes the STE ILLEGAL (§5.2 STE.S1ContextPtr, §3.4.3).
+            bv.ule(STE.get(vste, "S1CONTEXTPTR"), (1 << host.oas_bits) - 1),
         )),
     )
     nested = STE.put(host.s2_ste, "CONFIG", Config.NESTED)

@@ -95,7 +95,8 @@ class VSmmu(SmmuFrontend):
             vste = self._fetch(self._ste_addr(vsid), STE_SIZE, "ste", vsid, Event.F_STE_FETCH)
         except FaultError as e:
             return 0, replace(e.fault, sid=vsid)
-        host = HostStream(self.guest.s2_ste, self.feat.ssidsize, vsid in self.ats_vsids)
+        host = HostStream(self.guest.s2_ste, self.feat.ssidsize, vsid in self.ats_vsids,
+                          self.feat.oas_bits)
         pste = vste_to_pste(vste, host)
         return pste, (Fault(Event.C_BAD_STE, sid=vsid) if pste == 0 else None)
 
