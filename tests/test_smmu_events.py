@@ -301,6 +301,37 @@ def test_f_bad_ats_treq_eats_abort():
     assert env.smmu.atc_lookup(8, 0x200000) is None
 
 
+def test_ats_requests_record_only_f_bad_ats_treq():
+    """IHI 0070 §3.9.1.2: a Translation Request to a bypass STE is UR with
+    F_BAD_ATS_TREQ; to an abort STE UR and no event; a configuration error (here an
+    invalid STE) is CA, recorded only with CR2.REC_CFG_ATS, which IDR0.ATSRECERR=0
+    leaves out."""
+    env = s1_env()
+    env.put_ste(8, words(0x9))  # V=1, Config=0b100: bypass
+    env.put_ste(9, words(0x1))  # abort
+    env.put_ste(10, 0)  # V=0
+    r = env.smmu.ats_request(8, 0x1000)
+    assert not r.ok and r.fault.event == Event.F_BAD_ATS_TREQ
+    assert not env.smmu.ats_request(9, 0x1000).ok
+    r = env.smmu.ats_request(10, 0x1000)
+    assert not r.ok and r.fault.event == Event.C_BAD_STE
+    # F_BAD_ATS_TREQ, SID 8, a read request (RnW, word 1 bit 35), InputAddr 0x1000
+    assert env.events() == [(0x0000_0008_0000_0005, 0x0000_0008_0000_0000, 0x1000, 0)]
+
+
+def test_ats_translated_transactions_record_no_configuration_error():
+    """IHI 0070 §3.9.1.3: a Translated transaction that hits a configuration error
+    (an invalid STE) or is unsupported (an atomic: F_UUT) is aborted with no event
+    unless CR2.REC_CFG_ATS=1, which this SMMU lacks."""
+    env = s1_env()
+    env.put_ste(10, 0)
+    r = env.dma(10, DATA, translated=True)
+    assert not r.ok and r.fault.event == Event.C_BAD_STE and not r.recorded
+    r = env.dma(8, DATA, write=True, translated=True, atomic=True)
+    assert not r.ok and r.fault.event == Event.F_UUT and not r.recorded
+    assert env.events() == []
+
+
 # ================================================================ F_STREAM_DISABLED (0x06)
 def test_f_stream_disabled():
     env = s1_env()

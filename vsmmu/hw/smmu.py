@@ -415,8 +415,10 @@ class Smmu(SmmuFrontend):
             data = bytes(data if data is not None else b"\0" * size)
             size = len(data)
         if atomic:  # no atomic/exclusive support: an unsupported upstream transaction
+            # (recorded, except for an ATS-translated one: IHI 0070 §3.9.1.3)
             return self._fail(Fault(Event.F_UUT, sid=sid, ssid=ssid, input_addr=addr,
-                                    rnw=not write, ind=exec, pnu=priv), None, None)
+                                    rnw=not write, ind=exec, pnu=priv), None, None,
+                              record=not translated)
         out, first_pa, pos = bytearray(), None, 0
         while pos < size:
             cur = addr + pos
@@ -429,7 +431,8 @@ class Smmu(SmmuFrontend):
             except Aborted:
                 return DmaResult(False, first_pa, bytes(out) if not write else None)
             except FaultError as e:
-                return self._fail(e.fault, getattr(e, "stream", None), getattr(e, "ctx", None))
+                return self._fail(e.fault, getattr(e, "stream", None), getattr(e, "ctx", None),
+                                  record=getattr(e, "record", True))
             first_pa = pa if first_pa is None else first_pa
             initiator = Initiator(self.name, "dma", sid)
             try:
@@ -442,8 +445,8 @@ class Smmu(SmmuFrontend):
             pos += n
         return DmaResult(True, first_pa, None if write else bytes(out))
 
-    def _fail(self, fault: Fault, stream, ctx) -> DmaResult:
-        recorded = self._record_allowed(fault, stream, ctx) and self.record(fault)
+    def _fail(self, fault: Fault, stream, ctx, record: bool = True) -> DmaResult:
+        recorded = record and self._record_allowed(fault, stream, ctx) and self.record(fault)
         return DmaResult(False, fault=fault, recorded=recorded)
 
     def _translated(self, sid: int, addr: int, access: Access, ssid) -> int:
@@ -453,7 +456,14 @@ class Smmu(SmmuFrontend):
             if not self._f("CR0ACK", "SMMUEN"):
                 self._check_disabled_bypass(addr)
                 return addr
-            stream = self._stream(sid)
+            try:
+                stream = self._stream(sid)
+            except FaultError as e:
+                # IHI 0070 §3.9.1.3: a configuration error aborts a Translated
+                # transaction; it is recorded only with CR2.REC_CFG_ATS=1, which this
+                # SMMU lacks (IDR0.ATSRECERR=0).
+                e.record = False
+                raise
             if stream.config == Config.ABORT:
                 raise Aborted("STE Config=abort")
             if stream.eats == EATS_ABORT:
@@ -475,8 +485,11 @@ class Smmu(SmmuFrontend):
 
     def ats_request(self, sid: int, addr: int, *, ssid: int | None = None,
                     write: bool = False, exec: bool = False, priv: bool = False) -> AtsResult:
-        """A PCIe ATS translation request.  Configuration errors are recorded as
-        events; translation faults only fail the completion (the device sees them)."""
+        """A PCIe ATS translation request (IHI 0070 §3.9.1.2).  ATS disabled (SMMUEN=0,
+        bypass, EATS=0b00) is a UR completion with F_BAD_ATS_TREQ; Config=abort a UR
+        completion and no event.  A configuration error is a CA completion, recorded
+        only with CR2.REC_CFG_ATS=1, which this SMMU lacks (IDR0.ATSRECERR=0); a
+        translation fault gives the device no access and records nothing."""
         access = Access(write=write, exec=exec, priv=priv)
         # F_BAD_ATS_TREQ describes the request: its RnW/InD/PnU come from the request's
         # access like every other transaction event's (they were left at read/data/user).
@@ -485,17 +498,13 @@ class Smmu(SmmuFrontend):
             return self._ats_fail(bad_treq)
         try:
             stream = self._stream(sid)
-        except FaultError as e:
-            return self._ats_fail(self._complete(e.fault, sid, ssid, addr, access))
-        if stream.eats == EATS_ABORT or stream.config == Config.ABORT:
-            return self._ats_fail(bad_treq)
-        try:
+            if stream.config == Config.ABORT:
+                return AtsResult(False)
+            if stream.eats == EATS_ABORT:
+                return self._ats_fail(bad_treq)
             out, entry = self._ats_translate(sid, stream, addr, access, ssid)
         except FaultError as e:
-            fault = self._complete(e.fault, sid, ssid, addr, access)
-            if fault.event not in RECORD_CONTROLLED:
-                self.record(fault)
-            return AtsResult(False, fault=fault)
+            return AtsResult(False, fault=self._complete(e.fault, sid, ssid, addr, access))
         except Aborted:
             return AtsResult(False)
         self.atc.setdefault((sid, ssid), []).append(entry)
