@@ -648,6 +648,20 @@ def test_f_permission_s1_read_only():
     assert env.events() == [(0x0000_0008_0000_0013, 0x0000_0200_0000_0000, 0x201000, 0)]
 
 
+def test_privcfg_does_not_override_without_attr_perms_ovr():
+    """IHI 0070 §5.2 STE.PRIVCFG is RES0 unless IDR1.ATTR_PERMS_OVR=1 (not here): a
+    transaction without a PASID stays unprivileged (DDI 0487 D8.4: AP[1]=0 denies it)
+    whatever PRIVCFG asks.  QEMU treats every access as privileged."""
+    env = s1_env()
+    env.put(PT + 0x2000, 0x44000703)  # IOVA 0x200000: AF, SH=IS, AP=0b00 (EL1 only)
+    for privcfg in (0b00, 0b11):  # 0b11: "privileged", were overrides implemented
+        env.put_ste(8, STE.encode(**S1, PRIVCFG=privcfg))
+        env.cmd(command(Op.CFGI_STE, SID=8, LEAF=1), command(Op.SYNC))
+        r = env.dma(8, 0x200000)
+        assert not r.ok and r.fault.event == Event.F_PERMISSION
+        assert env.dma(8, 0x200000, priv=True).ok
+
+
 def test_f_permission_s2ap():
     env = s1_env()
     env.s2_only()
@@ -798,6 +812,7 @@ def test_event_queue_overflow_flag():
     # WR = 0b10 (wrap 1, index 0), OVFLG (bit 31) toggled once, not twice
     assert env.r(EVENTQ_PROD) == 0x8000_0002
     assert env.smmu.events_lost == 2
+    assert env.r(GERROR) == 0  # §7.4: overflow is not EVENTQ_ABT_ERR (§7.5)
     # read both, but do not acknowledge the overflow yet (CONS.OVACKFLG stays 0)
     assert [e[2] for e in env.events()] == [0x300000, 0x301000]
     assert env.r(EVENTQ_CONS) == 0x0000_0002
