@@ -35,8 +35,9 @@ from their sidecars.
 by many campaigns) into one: libFuzzer `-merge=1` through a harness keeps, of
 the source inputs, those that add coverage to what `dest` already has.
 
-Exit status of `main`: 0 nothing found, 1 findings, 2 a usage or input error
-(one line on stderr).
+Exit status of `main` (fuzz/exits.py): 0 nothing found, 1 findings, 2 a usage
+or input error or an output that cannot be written (one line on stderr), 130
+stopped by a signal (SIGINT, SIGTERM, SIGHUP: the summary still comes).
 """
 
 from __future__ import annotations
@@ -54,17 +55,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from properties.violations import NO_CRASH
-from vsmmu.arch.faults import RECORD_CONTROLLED, WALK_EVENTS
-from vsmmu.arch.layouts import CmdError, Config, Event, FaultClass
-from vsmmu.arch.layouts import Op as Opcode
 
 from .harness import PROGRESS_PREFIX, TARGETS, Settings, make_runner, planted
 from .program import MAX_BYTES, decode
+from .results import CampaignResult, Finding, coverage_table, format_result
 from .triage import classify
 
 DEFAULT_TIME = 60.0  # seconds, when neither --time nor --runs is given
@@ -77,6 +77,7 @@ DICTIONARY = Path(__file__).resolve().with_name("vsmmu.dict")
 ARTIFACT_KINDS = ("crash", "timeout", "oom", "leak")  # libFuzzer's artifact prefixes
 PROGRESS_TTY_EVERY = 0.5  # seconds between refreshes of the live line on a terminal
 PROGRESS_LOG_EVERY = 5.0  # seconds between progress lines otherwise
+UNREPRODUCED = f"{NO_CRASH}:unreproduced"  # an artifact whose replay is clean
 STOP_GRACE = 5.0  # seconds past the deadline before workers are stopped (SIGINT)
 MAX_FRUITLESS_RESTARTS = 5  # restarts in a row without fuzzing before giving up
 COVERAGE_BUDGET = 120.0  # seconds for the final corpus replay
@@ -195,137 +196,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-# ------------------------------------------------------------------ results
-@dataclass
-class Finding:
-    invariant: str
-    signature: str
-    artifact: str
-    step: int | None = None
-    witness: dict[str, Any] = field(default_factory=dict)
-    target: str = "system"
-    new: bool = True  # found by this campaign (False: reported from an earlier one's sidecar)
-    duplicates: int = 0  # more artifacts with the same signature
-    found_after: float | None = None  # seconds into the campaign (new findings)
-
-    def sidecar(self) -> dict[str, Any]:
-        return {"invariant": self.invariant, "signature": self.signature, "step": self.step,
-                "witness": self.witness, "target": self.target}
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"invariant": self.invariant, "signature": self.signature,
-                "artifact": self.artifact, "step": self.step, "new": self.new,
-                "duplicates": self.duplicates,
-                "found_after": None if self.found_after is None else round(self.found_after, 1)}
-
-
-def _group_universes() -> dict[str, tuple[str, list[str]]]:
-    events = [e.name for e in Event]
-    ops = [op.name for op in Opcode]
-    # Stage-1 faults are about the input (CLASS=IN) but for an external abort on a
-    # stage-1 table fetch (TT); stage-2 faults of a nested walk are classed by the
-    # access stage 2 translated: the CD fetch, a stage-1 table fetch, or the input.
-    faults = [f"{e.name} S1 CLASS=IN" for e in sorted(RECORD_CONTROLLED)]
-    faults += [f"{Event.F_WALK_EABT.name} S1 CLASS=TT"]
-    faults += [f"{e.name} S2 CLASS={c.name}" for e in sorted(WALK_EVENTS) for c in FaultClass]
-    cerrors = [e.name for e in CmdError if e]
-    return {
-        "events (physical)": ("smmu.event:", events),
-        "events (guest)": ("vsmmu.event:", events),
-        "commands (physical)": ("smmu.cmd:", ops),
-        "commands (guest)": ("vsmmu.cmd:", ops),
-        "STE configs": ("smmu.ste:", [c.name for c in Config]),
-        "fault classes (physical)": ("smmu.fault:", faults),
-        "fault classes (guest)": ("vsmmu.fault:", faults),
-        "command errors (physical)": ("smmu.cerror:", cerrors),
-        "command errors (guest)": ("vsmmu.cerror:", cerrors),
-    }
-
-
-GROUPS = _group_universes()
-
-
-def coverage_table(reached: Iterable[str]) -> dict[str, list[str]]:
-    """The reached names of each group, in the group's order."""
-    reached = set(reached)
-    return {group: [name for name in names if prefix + name in reached]
-            for group, (prefix, names) in GROUPS.items()}
-
-
-@dataclass
-class CampaignResult:
-    target: str
-    execs: int
-    seconds: float
-    findings: list[Finding]
-    coverage: dict[str, list[str]]
-    corpus: int = 0  # inputs in the working corpus at the end
-    replayed: int = 0  # corpus and seed inputs replayed for the coverage table
-    cov: int = 0  # libFuzzer's cov: (the largest a worker reported)
-    restarts: int = 0
-    interrupted: bool = False
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def execs_per_sec(self) -> float:
-        return self.execs / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def exit_code(self) -> int:
-        if self.errors:
-            return 2
-        return 1 if self.findings else 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "target": self.target, "execs": self.execs,
-            "execs_per_sec": round(self.execs_per_sec, 1), "seconds": round(self.seconds, 2),
-            "corpus": self.corpus, "cov": self.cov, "restarts": self.restarts,
-            "interrupted": self.interrupted,
-            "findings": [f.as_dict() for f in self.findings],
-            "coverage": self.coverage,
-            "coverage_totals": {g: len(names) for g, (_, names) in GROUPS.items()},
-            "coverage_replayed": self.replayed,
-            "errors": self.errors,
-        }
-
-
-def format_result(r: CampaignResult) -> str:
-    lines = [f"vsmmu fuzz {r.target}: {r.seconds:.1f} s, {r.execs:,} execs "
-             f"({r.execs_per_sec:,.0f}/s), corpus {r.corpus}, cov {r.cov}"
-             + (f", {r.restarts} restarts" if r.restarts else "")
-             + (" (interrupted)" if r.interrupted else "")]
-    if r.findings:
-        lines.append(f"findings: {len(r.findings)} unique")
-        for f in r.findings:
-            when = f"new after {f.found_after:.0f} s" if f.found_after is not None else (
-                "new" if f.new else "known")
-            more = f" (+{f.duplicates} more)" if f.duplicates else ""
-            lines.append(f"  {f.signature}  [{when}]  {f.artifact}{more}")
-    else:
-        lines.append("findings: none")
-    lines.append(f"coverage (replay of {r.replayed} corpus inputs), reached/total:")
-    width = max(map(len, GROUPS))
-    for group, (_, names) in GROUPS.items():
-        got = r.coverage.get(group, [])
-        missing = [n for n in names if n not in got]
-        head = f"  {group:{width}}  {len(got):2}/{len(names):<2}  "
-        if not missing:
-            words = ["all"]
-        elif len(got) < len(missing):
-            words = ["reached:", *got] if got else ["none"]
-        else:
-            words = ["missing:", *missing]
-        line = head
-        for word in words:
-            if len(line) + len(word) > 100 and line.strip():
-                lines.append(line.rstrip())
-                line = " " * len(head)
-            line += word + " "
-        lines.append(line.rstrip())
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------ artifacts
 def _artifact_kind(name: str) -> str | None:
     kind = name.split("-", 1)[0]
@@ -354,7 +224,10 @@ class Classifier:
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # unreadable: classify again
         finding = self._replay(path)
-        sidecar.write_text(json.dumps(finding.sidecar(), indent=2) + "\n")
+        try:
+            sidecar.write_text(json.dumps(finding.sidecar(), indent=2) + "\n")
+        except OSError as e:
+            raise CampaignError(f"cannot write {sidecar}: {e.strerror}") from None
         return finding
 
     def _replay(self, path: Path) -> Finding:
@@ -367,7 +240,7 @@ class Classifier:
             data = f.read(MAX_BYTES)
         found = classify(self.runner().run(decode(data)))
         if found is None:
-            return Finding(NO_CRASH, f"{NO_CRASH}:unreproduced", str(path), None,
+            return Finding(NO_CRASH, UNREPRODUCED, str(path), None,
                            {"note": "libFuzzer saw the harness fail; the replay is clean"},
                            target)
         return Finding(found.invariant, found.signature, str(path), found.step, found.witness,
@@ -464,6 +337,8 @@ class Campaign:
             self.artifacts.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CampaignError(f"cannot create {e.filename}: {e.strerror}") from None
+        for what, d in (("corpus", self.corpus), ("artifacts", self.artifacts)):
+            check_writable(d, what)
         self.jobs = o.jobs or os.cpu_count() or 1
         self.time = o.time if o.time is not None else (None if o.runs else DEFAULT_TIME)
 
@@ -496,42 +371,64 @@ class Campaign:
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         platform = str(Path(self.o.platform).resolve()) if self.o.platform else None
         env.update(Settings(platform=platform, z3=self.o.z3, known=str(known), progress=True,
-                            plant=self.o.plant).env())
+                            plant=self.o.plant, parent=os.getpid()).env())
         return env
 
     # -- running -----------------------------------------------------------
     def run(self) -> CampaignResult:
+        """Fuzz, then always the same ending, however the fuzzing stopped (time, runs,
+        a signal, an output that could not be written): workers stopped, every artifact
+        classified, the coverage replay, the result, temporary files removed."""
         settings = Settings(platform=self.o.platform, z3=self.o.z3, plant=self.o.plant)
-        with tempfile.TemporaryDirectory(prefix="vsmmu-fuzz-") as tmp, planted(self.o.plant):
+        self.findings: dict[str, Finding] = {}
+        self.unreproduced: list[str] = []
+        self.handled: set[str] = set()
+        self.interrupted = False
+        self._fuzzing = True  # a first signal now raises; later only noted
+        errors: list[str] = []
+        with _stop_signals(self._signalled), planted(self.o.plant), \
+                tempfile.TemporaryDirectory(prefix="vsmmu-fuzz-") as tmp:
             self.classifier = Classifier(self.o, settings)
             self.known_path = Path(tmp) / "known-signatures"
-            self.findings: dict[str, Finding] = {}
-            self.handled: set[str] = set()
             self.start = None
-            self._scan_artifacts(settle=0.0)  # earlier campaigns' findings
-            start = self.start = time.monotonic()
-            interrupted = False
+            start = time.monotonic()
             try:
-                workers = self._fuzz(start, self._env(self.known_path))
+                self._scan_artifacts(settle=0.0)  # earlier campaigns' findings
+                self.start = start = time.monotonic()
+                self._fuzz(start, self._env(self.known_path))
             except KeyboardInterrupt:
-                interrupted = True
-                workers = self._workers
-                self._stop(workers)
+                self.interrupted = True
+            except CampaignError as e:
+                errors.append(str(e))
+            self._fuzzing = False
+            self._stop(self._workers)
             seconds = time.monotonic() - start
-            self._scan_artifacts(settle=0.0)
+            try:
+                self._scan_artifacts(settle=0.0)
+            except CampaignError as e:
+                errors.append(str(e))
             self._progress_done()
-            # After Ctrl-C the summary should come quickly: a shorter replay.
-            coverage, replayed = self._coverage(10.0 if interrupted else COVERAGE_BUDGET)
-        errors = [e for w in workers if (e := self._failure(w))]
+            # After a signal the summary should come quickly: a shorter replay.
+            coverage, replayed = self._coverage(10.0 if self.interrupted else COVERAGE_BUDGET)
+        workers = self._workers
+        errors += [e for w in workers if (e := self._failure(w))]
         return CampaignResult(
             self.o.target, sum(w.total for w in workers), seconds,
             list(self.findings.values()), coverage_table(coverage),
             corpus=_count(self.corpus), replayed=replayed,
             cov=max((w.cov for w in workers), default=0),
-            restarts=sum(w.restarts for w in workers), interrupted=interrupted,
-            errors=errors)
+            restarts=sum(w.restarts for w in workers), interrupted=self.interrupted,
+            errors=errors, unreproduced=self.unreproduced)
 
-    def _fuzz(self, start: float, env: dict[str, str]) -> list[Worker]:
+    def _signalled(self) -> bool:
+        """SIGINT, SIGTERM or SIGHUP: the first one during the fuzzing stops it (True:
+        raise KeyboardInterrupt); any other is only noted, cuts the coverage replay
+        short, and the summary still comes."""
+        stop = self._fuzzing and not self.interrupted
+        self.interrupted = True
+        return stop
+
+    def _fuzz(self, start: float, env: dict[str, str]) -> None:
         deadline = start + self.time if self.time is not None else None
         share = -(-self.o.runs // self.jobs) if self.o.runs else None
         lines: queue.Queue = queue.Queue()
@@ -561,7 +458,6 @@ class Campaign:
                 self._show_progress(workers, now - start)
             if deadline is not None and now > deadline + STOP_GRACE:
                 self._stop(workers)
-        return workers
 
     def _start(self, w: Worker, deadline, env, lines: queue.Queue) -> None:
         flags = self._flags(w, deadline)
@@ -571,8 +467,7 @@ class Campaign:
         w.inited, w.found, w.execs = False, False, 0
         w.proc = subprocess.Popen([sys.executable, str(self.script), *flags], env=env,
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, start_new_session=True,
-                                  text=True, errors="replace")
+                                  stderr=subprocess.STDOUT, text=True, errors="replace")
         w.reader = threading.Thread(target=_pump, args=(w.job, w.proc.stdout, lines),
                                     daemon=True)
         w.reader.start()
@@ -600,13 +495,13 @@ class Campaign:
         self._stopping = True
         alive = [w for w in workers if w.proc is not None and w.proc.poll() is None]
         for w in alive:
-            _signal_group(w.proc, signal.SIGINT)
+            _signal(w.proc, signal.SIGINT)
         end = time.monotonic() + 10
         for w in alive:
             try:
                 w.proc.wait(timeout=max(0.1, end - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _signal_group(w.proc, signal.SIGKILL)
+                _signal(w.proc, signal.SIGKILL)
                 w.proc.wait()
         for w in workers:
             if w.reader is not None:
@@ -642,6 +537,9 @@ class Campaign:
             finding = self.classifier.classify(Path(entry.path))
             if finding.target not in (self.o.target, "?"):
                 continue  # another harness's artifact
+            if finding.signature == UNREPRODUCED:
+                self.unreproduced.append(finding.artifact)
+                continue
             known = self.findings.get(finding.signature)
             if known is None:
                 if finding.new and self.start is not None:
@@ -692,13 +590,36 @@ class Campaign:
         reached: set[str] = set()
         end = time.monotonic() + budget
         replayed = 0
+        signalled_before = self.interrupted
         for path in _inputs(self.corpus, self.seeds):
-            if time.monotonic() > end:
-                break
+            if time.monotonic() > end or self.interrupted != signalled_before:
+                break  # out of time, or a signal during the replay: what was replayed counts
             with open(path, "rb") as f:
                 reached |= runner.run(decode(f.read(MAX_BYTES))).coverage
             replayed += 1
         return reached, replayed
+
+
+@contextmanager
+def _stop_signals(signalled):
+    """SIGINT, SIGTERM and SIGHUP all stop a campaign the way Ctrl-C does; `signalled()`
+    says whether to raise (the first signal) or only note it (a campaign stopping
+    already finishes its summary).  Outside the main thread signals stay as they are."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if signalled():
+            raise KeyboardInterrupt
+
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = {s: signal.signal(s, handler) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def _pump(job: int, stream, lines: queue.Queue) -> None:
@@ -707,11 +628,23 @@ def _pump(job: int, stream, lines: queue.Queue) -> None:
     lines.put((job, None))
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+def _signal(proc: subprocess.Popen, sig: int) -> None:
     try:
-        os.killpg(proc.pid, sig)
+        proc.send_signal(sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def check_writable(d: Path, what: str) -> None:
+    """A directory this command writes to must take a file: libFuzzer drops what it
+    cannot write without failing, so a read-only corpus or artifacts directory would
+    otherwise lose inputs or findings silently."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=d, prefix=".vsmmu-write-check-"):
+            pass
+    except OSError as e:
+        raise CampaignError(f"cannot write to the {what} directory {d}: "
+                            f"{e.strerror or e}") from None
 
 
 def _inputs(*dirs: Path | None) -> list[Path]:

@@ -2,7 +2,8 @@
 
 This is the application shell over all three layers (the model, properties/,
 fuzz/); it imports the upper layers lazily, inside the subcommands, and
-nothing in the model imports it."""
+nothing in the model imports it.  Exit status: fuzz/exits.py, the same for
+every command."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import argparse
 import importlib
 import json
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Callable
+from importlib import metadata
+
+from . import exits
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -126,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vsmmu",
         description="Security fuzzer and Z3 property checker for Arm SMMUv3 virtualization.",
+        epilog="exit status: 0 clean, 1 findings, 2 usage or input error, 3 internal "
+        "error, 130 interrupted",
     )
+    parser.add_argument("--version", action="version", version=f"vsmmu {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("demo", help="drive the SMMUv3 model: translations, faults, events")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -166,13 +176,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return metadata.version("vsmmu")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _internal_error(e: Exception) -> int:
+    """A bug of ours: one line for the user, the traceback in a file to report."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    try:
+        with tempfile.NamedTemporaryFile("w", prefix=f"vsmmu-internal-error-{stamp}-",
+                                         suffix=".log", delete=False) as log:
+            log.write(f"vsmmu {_version()}, argv {sys.argv!r}\n")
+            log.write(traceback.format_exc())
+        where = f"the traceback is in {log.name}"
+    except OSError as oe:
+        where = f"and its traceback could not be written ({oe.strerror})"
+    print(f"vsmmu: internal error: {type(e).__name__}: {str(e)[:200]}; {where}",
+          file=sys.stderr)
+    return exits.INTERNAL_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("vsmmu: interrupted", file=sys.stderr)
-        return 130
+        return exits.INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - the one place that catches everything
+        return _internal_error(e)
 
 
 if __name__ == "__main__":

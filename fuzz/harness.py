@@ -20,6 +20,9 @@ children (which re-execute the script with libFuzzer flags only) inherit them;
                          with a known signature does not stop the fuzzer again
                          (re-read when the file changes)
   VSMMU_FUZZ_PROGRESS=1  print `vsmmu-progress execs=N` on stderr every 2 s
+  VSMMU_FUZZ_PARENT      the campaign's pid: once it is gone, the harness exits at
+                         once and quietly (status 0, no artifact), so that a campaign
+                         killed however it was leaves no worker writing its corpus
   VSMMU_FUZZ_PLANT       planted bugs (fuzz/bench/plants.py names, comma-separated),
                          patched in for the whole process: BENCHMARKS AND TESTS
                          ONLY, so that they can check a campaign finds them
@@ -61,6 +64,7 @@ class Settings:
     progress: bool = False
     plant: str | None = None
     plain: bool = False  # no structure-aware mutator (a baseline)
+    parent: int | None = None  # the campaign's pid
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -71,7 +75,9 @@ class Settings:
                    known=env.get("VSMMU_FUZZ_KNOWN") or None,
                    progress=env.get("VSMMU_FUZZ_PROGRESS") == "1",
                    plant=env.get("VSMMU_FUZZ_PLANT") or None,
-                   plain=env.get("VSMMU_FUZZ_MUTATOR") == "plain")
+                   plain=env.get("VSMMU_FUZZ_MUTATOR") == "plain",
+                   parent=int(env["VSMMU_FUZZ_PARENT"]) if env.get(
+                       "VSMMU_FUZZ_PARENT", "").isdigit() else None)
 
     def env(self) -> dict[str, str]:
         """The environment variables that give these settings to a harness."""
@@ -80,9 +86,9 @@ class Settings:
                "VSMMU_FUZZ_PROGRESS": "1" if self.progress else "0",
                "VSMMU_FUZZ_MUTATOR": "plain" if self.plain else "structured"}
         for name, value in (("PLATFORM", self.platform), ("KNOWN", self.known),
-                            ("PLANT", self.plant)):
+                            ("PLANT", self.plant), ("PARENT", self.parent)):
             if value:
-                out[f"VSMMU_FUZZ_{name}"] = value
+                out[f"VSMMU_FUZZ_{name}"] = str(value)
         return out
 
 
@@ -119,12 +125,13 @@ class Harness:
     """libFuzzer's TestOneInput: decode, run, raise on a new finding."""
 
     def __init__(self, runner: Runner | PhysicalRunner, known: str | None = None,
-                 progress: bool = False):
+                 progress: bool = False, parent: int | None = None):
         self.runner = runner
         self.known_path = known
         self._known: set[str] = set()
         self._known_stamp: float | None = None
         self.progress = progress
+        self.parent = parent
         self.execs = 0
         self._last_report = time.monotonic()
 
@@ -142,11 +149,11 @@ class Harness:
 
     def __call__(self, data: bytes) -> None:
         self.execs += 1
-        if self.progress and not self.execs & 31:
+        if not self.execs & 31:
             now = time.monotonic()
             if now - self._last_report >= PROGRESS_EVERY:
                 self._last_report = now
-                print(f"{PROGRESS_PREFIX}{self.execs}", file=sys.stderr, flush=True)
+                self._report()
         result = self.runner.run(decode(data))
         sig = finding_signature(result)
         if sig is not None and sig not in self.known():
@@ -154,6 +161,29 @@ class Harness:
             if result.traceback:
                 detail += "\n" + result.traceback
             raise FindingError(detail)
+
+
+    def _report(self) -> None:
+        """Progress for the campaign, and leave quietly when it is gone: an orphan would
+        go on writing its corpus, then fail on the closed pipe and leave an artifact
+        nobody classifies."""
+        if self.parent is not None and not _alive(self.parent):
+            os._exit(0)
+        if self.progress:
+            try:
+                print(f"{PROGRESS_PREFIX}{self.execs}", file=sys.stderr, flush=True)
+            except OSError:  # the campaign closed its end of the pipe
+                os._exit(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def main(target: str, bias: Bias | None = None, argv: list[str] | None = None) -> None:
@@ -165,7 +195,7 @@ def main(target: str, bias: Bias | None = None, argv: list[str] | None = None) -
     stack = ExitStack()  # never closed: atheris.Fuzz() exits the process
     stack.enter_context(planted(settings.plant))
     runner = make_runner(target, settings)
-    harness = Harness(runner, settings.known, settings.progress)
+    harness = Harness(runner, settings.known, settings.progress, settings.parent)
     hooks = {}
     if not settings.plain:
         # atheris.Mutate is looked up at each call: atheris swaps it in when fuzzing starts.

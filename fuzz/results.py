@@ -1,0 +1,160 @@
+"""What a campaign reports: its findings, the coverage it reached, the summary.
+
+`CampaignResult` is the promise to scripts: `as_dict()` is the `--json` shape of
+`vsmmu fuzz` (keys are added, never renamed or removed), `format_result` the text.
+The coverage groups are event IDs, command opcodes (physical and guest), STE
+configs, fault classes and command errors, against layouts.Event / Op / Config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vsmmu.arch.faults import RECORD_CONTROLLED, WALK_EVENTS
+from vsmmu.arch.layouts import CmdError, Config, Event, FaultClass
+from vsmmu.arch.layouts import Op as Opcode
+
+from . import exits
+
+
+@dataclass
+class Finding:
+    invariant: str
+    signature: str
+    artifact: str
+    step: int | None = None
+    witness: dict[str, Any] = field(default_factory=dict)
+    target: str = "system"
+    new: bool = True  # found by this campaign (False: reported from an earlier one's sidecar)
+    duplicates: int = 0  # more artifacts with the same signature
+    found_after: float | None = None  # seconds into the campaign (new findings)
+
+    def sidecar(self) -> dict[str, Any]:
+        return {"invariant": self.invariant, "signature": self.signature, "step": self.step,
+                "witness": self.witness, "target": self.target}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"invariant": self.invariant, "signature": self.signature,
+                "artifact": self.artifact, "step": self.step, "new": self.new,
+                "duplicates": self.duplicates,
+                "found_after": None if self.found_after is None else round(self.found_after, 1)}
+
+
+def _group_universes() -> dict[str, tuple[str, list[str]]]:
+    events = [e.name for e in Event]
+    ops = [op.name for op in Opcode]
+    # Stage-1 faults are about the input (CLASS=IN) but for an external abort on a
+    # stage-1 table fetch (TT); stage-2 faults of a nested walk are classed by the
+    # access stage 2 translated: the CD fetch, a stage-1 table fetch, or the input.
+    faults = [f"{e.name} S1 CLASS=IN" for e in sorted(RECORD_CONTROLLED)]
+    faults += [f"{Event.F_WALK_EABT.name} S1 CLASS=TT"]
+    faults += [f"{e.name} S2 CLASS={c.name}" for e in sorted(WALK_EVENTS) for c in FaultClass]
+    cerrors = [e.name for e in CmdError if e]
+    return {
+        "events (physical)": ("smmu.event:", events),
+        "events (guest)": ("vsmmu.event:", events),
+        "commands (physical)": ("smmu.cmd:", ops),
+        "commands (guest)": ("vsmmu.cmd:", ops),
+        "STE configs": ("smmu.ste:", [c.name for c in Config]),
+        "fault classes (physical)": ("smmu.fault:", faults),
+        "fault classes (guest)": ("vsmmu.fault:", faults),
+        "command errors (physical)": ("smmu.cerror:", cerrors),
+        "command errors (guest)": ("vsmmu.cerror:", cerrors),
+    }
+
+
+GROUPS = _group_universes()
+
+
+def coverage_table(reached: Iterable[str]) -> dict[str, list[str]]:
+    """The reached names of each group, in the group's order."""
+    reached = set(reached)
+    return {group: [name for name in names if prefix + name in reached]
+            for group, (prefix, names) in GROUPS.items()}
+
+
+@dataclass
+class CampaignResult:
+    target: str
+    execs: int
+    seconds: float
+    findings: list[Finding]
+    coverage: dict[str, list[str]]
+    corpus: int = 0  # inputs in the working corpus at the end
+    replayed: int = 0  # corpus and seed inputs replayed for the coverage table
+    cov: int = 0  # libFuzzer's cov: (the largest a worker reported)
+    restarts: int = 0
+    interrupted: bool = False
+    errors: list[str] = field(default_factory=list)
+    # Artifacts libFuzzer wrote whose replay is clean: not findings (no invariant failed
+    # when replayed), reported so that nothing is hidden either.
+    unreproduced: list[str] = field(default_factory=list)
+
+    @property
+    def execs_per_sec(self) -> float:
+        return self.execs / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """130 interrupted, 2 an error (an output that cannot be written, a harness that
+        cannot run), 1 findings, 0 clean."""
+        if self.interrupted:
+            return exits.INTERRUPTED
+        if self.errors:
+            return exits.USAGE
+        return exits.FINDINGS if self.findings else exits.CLEAN
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target, "execs": self.execs,
+            "execs_per_sec": round(self.execs_per_sec, 1), "seconds": round(self.seconds, 2),
+            "corpus": self.corpus, "cov": self.cov, "restarts": self.restarts,
+            "interrupted": self.interrupted,
+            "findings": [f.as_dict() for f in self.findings],
+            "coverage": self.coverage,
+            "coverage_totals": {g: len(names) for g, (_, names) in GROUPS.items()},
+            "coverage_replayed": self.replayed,
+            "errors": self.errors,
+            "unreproduced": self.unreproduced,
+        }
+
+
+def format_result(r: CampaignResult) -> str:
+    lines = [f"vsmmu fuzz {r.target}: {r.seconds:.1f} s, {r.execs:,} execs "
+             f"({r.execs_per_sec:,.0f}/s), corpus {r.corpus}, cov {r.cov}"
+             + (f", {r.restarts} restarts" if r.restarts else "")
+             + (" (interrupted)" if r.interrupted else "")]
+    if r.findings:
+        lines.append(f"findings: {len(r.findings)} unique")
+        for f in r.findings:
+            when = f"new after {f.found_after:.0f} s" if f.found_after is not None else (
+                "new" if f.new else "known")
+            more = f" (+{f.duplicates} more)" if f.duplicates else ""
+            lines.append(f"  {f.signature}  [{when}]  {f.artifact}{more}")
+    else:
+        lines.append("findings: none")
+    if r.unreproduced:
+        lines.append(f"unreproduced: {len(r.unreproduced)} artifact(s) libFuzzer wrote whose "
+                     f"replay is clean, e.g. {r.unreproduced[0]}")
+    lines.append(f"coverage (replay of {r.replayed} corpus inputs), reached/total:")
+    width = max(map(len, GROUPS))
+    for group, (_, names) in GROUPS.items():
+        got = r.coverage.get(group, [])
+        missing = [n for n in names if n not in got]
+        head = f"  {group:{width}}  {len(got):2}/{len(names):<2}  "
+        if not missing:
+            words = ["all"]
+        elif len(got) < len(missing):
+            words = ["reached:", *got] if got else ["none"]
+        else:
+            words = ["missing:", *missing]
+        line = head
+        for word in words:
+            if len(line) + len(word) > 100 and line.strip():
+                lines.append(line.rstrip())
+                line = " " * len(head)
+            line += word + " "
+        lines.append(line.rstrip())
+    return "\n".join(lines)

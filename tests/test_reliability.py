@@ -1,0 +1,163 @@
+"""A campaign never loses a finding, never invents one, and stops cleanly however it is
+stopped; every command's exit status says what happened (fuzz/exits.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from fuzz import campaign, exits
+from fuzz.campaign import CampaignOptions, run_campaign
+from fuzz.cli import main
+from fuzz.program import encode, parse
+from fuzz.results import format_result
+from fuzz.runner import DMA_IOVA
+
+VSMMU = [sys.executable, "-c", "import sys; from fuzz.cli import main; sys.exit(main())"]
+UNWRITABLE = "/proc/self"  # a directory nobody can create a file in, root included
+CLEAN = [f"dma device=0x0 iova={DMA_IOVA:#x} flags=0x0 size=0x3 ssid=0x0"]
+
+
+def _fuzz(argv: list[str]) -> int:
+    parser = campaign.argparse.ArgumentParser()
+    campaign.add_arguments(parser)
+    return campaign.main(parser.parse_args(argv))
+
+
+@pytest.mark.parametrize("option", ["--artifacts", "--corpus"])
+def test_an_unwritable_output_is_an_error_before_any_fuzzing(tmp_path, option, capsys):
+    other = "--corpus" if option == "--artifacts" else "--artifacts"
+    assert _fuzz([option, UNWRITABLE, other, str(tmp_path), "--runs", "5"]) == exits.USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot write to the {option[2:]} directory" in err
+
+
+def test_an_artifact_whose_replay_is_clean_is_counted_not_reported(tmp_path):
+    for d in ("corpus", "artifacts"):
+        (tmp_path / d).mkdir()
+    stray = tmp_path / "artifacts" / "crash-0123456789abcdef"
+    stray.write_bytes(encode(parse("\n".join(CLEAN))))
+    result = run_campaign(CampaignOptions(
+        runs=5, z3=False, corpus=str(tmp_path / "corpus"),
+        artifacts=str(tmp_path / "artifacts"), seeds=str(tmp_path / "corpus")))
+    assert result.findings == [] and result.unreproduced == [str(stray)]
+    assert result.exit_code == exits.CLEAN
+    assert result.as_dict()["unreproduced"] == [str(stray)]
+    assert "unreproduced: 1 artifact(s)" in format_result(result)
+
+
+def _start(tmp_path: Path) -> subprocess.Popen:
+    """`vsmmu fuzz` in a process group of its own (the test's stand-in for a CI job or
+    a terminal), once it is fuzzing."""
+    proc = subprocess.Popen(
+        [*VSMMU, "fuzz", "--time", "120", "--json", "--no-z3",
+         "--corpus", str(tmp_path / "corpus"), "--artifacts", str(tmp_path / "artifacts")],
+        cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    (tmp_path / "corpus").mkdir(exist_ok=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if " execs (" in line and not line.startswith("[0:00] system: 0 execs"):
+            return proc
+        assert proc.poll() is None, proc.stderr.read()
+    proc.kill()
+    pytest.fail("the campaign never started fuzzing")
+
+
+def _workers_of(campaign_pid: int) -> list[int]:
+    """Harness processes started for that campaign (they carry its pid)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if f"VSMMU_FUZZ_PARENT={campaign_pid}".encode() in env.split(b"\0"):
+            out.append(int(entry.name))
+    return out
+
+
+def _gone(pids_of, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not pids_of():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _fuzz_temp_dirs() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("vsmmu-fuzz-*")}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_stops_every_worker_and_still_gives_the_summary(tmp_path, sig):
+    before = _fuzz_temp_dirs()
+    proc = _start(tmp_path)
+    assert _workers_of(proc.pid)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == exits.INTERRUPTED
+    result = json.loads(out)
+    assert result["interrupted"] is True and result["execs"] > 0
+    assert result["findings"] == [] and result["unreproduced"] == []
+    assert _gone(lambda: _workers_of(proc.pid), 10)
+    assert not any(p.name.startswith("crash-") for p in (tmp_path / "artifacts").iterdir())
+    assert _fuzz_temp_dirs() <= before  # its temporary directory is gone
+
+
+def test_killing_the_campaign_kills_its_workers(tmp_path):
+    """SIGKILL of the whole process group, as a CI runner does on a time-out, reaches
+    the workers: they live in the campaign's group."""
+    proc = _start(tmp_path)
+    pid = proc.pid
+    assert _workers_of(pid)
+    os.killpg(pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert _gone(lambda: _workers_of(pid), 10)
+
+
+def test_a_worker_outliving_its_campaign_leaves_quietly(tmp_path):
+    """SIGKILL of the campaign process alone: its workers notice within seconds and
+    exit without writing an artifact (nothing the next campaign would misreport)."""
+    proc = _start(tmp_path)
+    pid = proc.pid
+    assert _workers_of(pid)
+    os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert _gone(lambda: _workers_of(pid), 15)
+    assert not any(p.name.startswith("crash-") for p in (tmp_path / "artifacts").iterdir())
+
+
+def test_an_internal_error_is_one_line_and_a_log(monkeypatch, capsys):
+    from vsmmu.arch.features import Features
+
+    def broken(self):
+        raise RuntimeError("planted")
+
+    monkeypatch.setattr(Features, "id_registers", broken)
+    assert main(["info"]) == exits.INTERNAL_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error: RuntimeError: planted" in err
+    log = Path(err.rsplit("the traceback is in ", 1)[1].strip())
+    try:
+        assert "Traceback" in log.read_text() and "planted" in log.read_text()
+    finally:
+        log.unlink()
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("vsmmu ")
