@@ -147,10 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Z3 time limit per proof, seconds (default 30); a timeout is 'unknown'")
     p.set_defaults(func=_prove)
     p = sub.add_parser("check", help="replay a fuzz program with every invariant on")
-    p.add_argument("program", help="a program file: text (printable ASCII), or the bytes "
+    p.add_argument("program", help="a program file: text (UTF-8), or the bytes "
                    "of a fuzz input")
     p.add_argument("--bytes", action="store_true",
-                   help="decode the file as fuzz-input bytes even if it is printable")
+                   help="decode the file as fuzz-input bytes even if it reads as text "
+                   "(a file with a NUL or other control byte is taken as bytes anyway)")
     p.add_argument("--platform", metavar="FILE", help="platform file (.toml/.json); "
                    "default: the embedded fuzzing platform")
     p.add_argument("--target", choices=SYSTEM_TARGETS,

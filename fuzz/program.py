@@ -230,24 +230,36 @@ def _parse_value(lineno: int, operand: Operand, text: str) -> int | bytes:
     return number
 
 
-_TEXT = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
+# Bytes no text file holds (NUL and the other C0 controls but tab, LF and CR; DEL).
+# Fuzz inputs are full of them (every operation's length byte is small).
+_CONTROL = (frozenset(range(0x20)) - {0x09, 0x0A, 0x0D}) | {0x7F}
+_BOM = b"\xef\xbb\xbf"
+_RAW_HINT = "for the bytes of a fuzz input, pass --bytes"
 
 
 def load(path: str, *, raw: bool | None = None) -> list[Op]:
-    """A program file: program text when every byte is printable ASCII (or `raw`
-    is False), else the bytes of a fuzz input (or `raw` is True)."""
+    """A program file.  `raw` True: the bytes of a fuzz input; False: program text;
+    None: by its content.  A file with a control byte (NUL, ...) is a fuzz input's
+    bytes; any other is program text, UTF-8 (a byte-order mark, CRLF line ends and
+    any character in a comment are fine).  Text that is not UTF-8 or does not parse
+    is an error naming the line, never silently taken for bytes: a fuzz input that
+    happens to hold no control byte is marked raw explicitly (`--bytes`)."""
     try:
         with open(path, "rb") as f:
             data = f.read(64 * MAX_BYTES + 1)
     except OSError as e:
         raise ProgramError(f"{path}: {e.strerror or e}") from None
     if raw is None:
-        raw = not data or not set(data) <= _TEXT
+        raw = not data or not _CONTROL.isdisjoint(data)
     if raw:
         return decode(data)
     try:
-        return parse(data.decode("ascii"))
-    except UnicodeDecodeError:
-        raise ProgramError(f"{path}: not ASCII text (use raw bytes mode)") from None
+        text = data.removeprefix(_BOM).decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ProgramError(f"{path}: line {line}: byte {data[e.start]:#04x} is not UTF-8 "
+                           f"text ({_RAW_HINT})") from None
+    try:
+        return parse(text)
     except ProgramError as e:
-        raise ProgramError(f"{path}: {e}") from None
+        raise ProgramError(f"{path}: {e} ({_RAW_HINT})") from None

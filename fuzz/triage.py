@@ -432,9 +432,10 @@ def format_report(r: Report) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE",
-                        help="crash files: program text (printable ASCII) or fuzz-input bytes")
+                        help="crash files: program text (UTF-8) or fuzz-input bytes")
     parser.add_argument("--bytes", action="store_true",
-                        help="decode every file as fuzz-input bytes even if it is printable")
+                        help="decode every file as fuzz-input bytes even if it reads as "
+                        "text")
     parser.add_argument("--platform", metavar="FILE", help="platform file (.toml/.json); "
                         "default: the embedded fuzzing platform")
     parser.add_argument("--target", choices=SYSTEM_TARGETS, default="system",

@@ -7,7 +7,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fuzz.program import MAX_OPS, OP_BY_NAME, OPS, ProgramError, decode, encode, parse, to_text
+from fuzz.program import (
+    MAX_OPS,
+    OP_BY_NAME,
+    OPS,
+    ProgramError,
+    decode,
+    encode,
+    load,
+    parse,
+    to_text,
+)
 from fuzz.runner import DMA_IOVA, Runner
 
 
@@ -74,3 +84,41 @@ def test_random_programs_find_nothing_on_the_correct_model(runner, data):
 def test_op_names_are_stable():
     # Saved corpora and crash files depend on these opcodes: append, never reorder.
     assert [OP_BY_NAME[n] for n in ("mmio_write", "vste", "dma", "step")] == [0, 2, 7, 19]
+
+
+# ------------------------------------------------------------ program files
+DMA_TEXT = "dma device=0x0 iova=0x10000010 size=0x3 flags=0x1 ssid=0x0"
+
+
+@pytest.mark.parametrize("name, content", [
+    ("em-dash in a comment", "# retry \u2014 after the unmap\n" + DMA_TEXT + "\n"),
+    ("byte-order mark", "\ufeff" + DMA_TEXT + "\n"),
+    ("CRLF line ends", "# reproducer\r\n" + DMA_TEXT + "\r\n"),
+    ("accents in a comment", DMA_TEXT + "  # d\u00e9j\u00e0 vu\n"),
+])
+def test_program_text_is_recognised_whatever_its_comments_hold(tmp_path, name, content):
+    path = tmp_path / "prog.txt"
+    path.write_bytes(content.encode("utf-8"))
+    assert [op.text() for op in load(str(path))] == [DMA_TEXT]
+
+
+def test_a_file_with_control_bytes_is_a_fuzz_input(tmp_path):
+    data = bytes([7, 12, 0]) + (0x1000_0010).to_bytes(8, "little") + bytes([3, 1, 0])
+    path = tmp_path / "crash-1"
+    path.write_bytes(data)
+    assert [op.text() for op in load(str(path))] == [DMA_TEXT]
+
+
+@pytest.mark.parametrize("content, message", [
+    # Latin-1 'e acute' in a comment on line 2: text, but not UTF-8
+    (b"# x\n# caf\xe9\n" + DMA_TEXT.encode(), "line 2: byte 0xe9 is not UTF-8 text"),
+    (b"dma device=0x0 bogus=1\n", "line 1: dma needs iova="),
+])
+def test_text_that_is_not_a_program_is_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "prog.txt"
+    path.write_bytes(content)
+    with pytest.raises(ProgramError) as e:
+        load(str(path))
+    assert message in str(e.value) and "pass --bytes" in str(e.value)
+    assert "\n" not in str(e.value)
+    assert load(str(path), raw=True) == decode(content)  # marked raw: its bytes
