@@ -62,9 +62,11 @@ from typing import TextIO
 
 from properties.violations import NO_CRASH
 
-from .harness import PROGRESS_PREFIX, TARGETS, Settings, make_runner, planted
+from . import options
+from .harness import PROGRESS_PREFIX, Settings, make_runner, planted
 from .program import MAX_BYTES, decode
 from .results import CampaignResult, Finding, coverage_table, format_result
+from .targets import TARGETS
 from .triage import classify
 
 DEFAULT_TIME = 60.0  # seconds, when neither --time nor --runs is given
@@ -117,12 +119,12 @@ class CampaignOptions:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `vsmmu fuzz`."""
-    parser.add_argument("--time", type=_positive_float, metavar="S",
+    parser.add_argument("--time", type=options.seconds, metavar="S",
                         help=f"fuzz for S seconds (default {DEFAULT_TIME:g} unless --runs "
                         "is given)")
-    parser.add_argument("--runs", type=_positive_int, metavar="N",
+    parser.add_argument("--runs", type=options.count, metavar="N",
                         help="stop after about N executions in total")
-    parser.add_argument("--jobs", type=_non_negative_int, default=1, metavar="N",
+    parser.add_argument("--jobs", type=options.count_or_zero, default=1, metavar="N",
                         help="parallel libFuzzer processes (default 1; 0: one per core)")
     parser.add_argument("--target", choices=TARGETS, default="system",
                         help="harness: the whole system (default), vSTE/CD writes, guest "
@@ -134,12 +136,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", metavar="DIR",
                         help="where crash files and their .json sidecars go "
                         "(default fuzz-out/artifacts/)")
-    parser.add_argument("--platform", metavar="FILE",
-                        help="platform file (.toml/.json); default: the embedded fuzzing "
-                        "platform")
-    parser.add_argument("--seed", type=int, metavar="N",
-                        help="libFuzzer random seed (job j uses N+j+1; 0 is libFuzzer's "
-                        "'random')")
+    options.add_platform(parser, " (smmu target: its SMMU takes the features of the "
+                         "platform's first SMMU)")
+    parser.add_argument("--seed", type=options.count_or_zero, metavar="N",
+                        help="libFuzzer random seed, for a campaign that can be repeated "
+                        "(job j uses N+j+1); 0, as no --seed: libFuzzer picks one at random")
     parser.add_argument("--no-z3", action="store_true", help="skip the Z3 state checks")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (the progress line goes to stderr)")
@@ -172,28 +173,10 @@ def main(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 # ------------------------------------------------------------------ artifacts
@@ -355,7 +338,7 @@ class Campaign:
             if left < 1:
                 return None
             flags.append(f"-runs={left}")
-        if self.o.seed is not None:
+        if self.o.seed:  # 0: libFuzzer's own random seed
             seed = (self.o.seed + worker.job + worker.restarts * self.jobs) % (2**32 - 1) + 1
             flags.append(f"-seed={seed}")
         flags += self.o.libfuzzer_args

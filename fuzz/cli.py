@@ -28,23 +28,48 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class UsageError(Exception):
+    """Bad input to a command: one line, exit status 2."""
+
+
+def _load_platform(args: argparse.Namespace):
+    """The --platform file, or None for the embedded one."""
+    from vsmmu.platform import PlatformError, load_platform
+
+    if not args.platform:
+        return None
+    try:
+        return load_platform(args.platform)
+    except PlatformError as e:
+        raise UsageError(str(e)) from None
+
+
 def _info(args: argparse.Namespace) -> int:
     from vsmmu.arch.features import Features
     from vsmmu.arch.layouts import REG
 
-    regs = Features().id_registers()
-    if args.json:
-        print(json.dumps({name: f"{value:#010x}" for name, value in regs.items()}, indent=2))
+    platform = _load_platform(args)
+    smmus = {s.name: s.features for s in platform.smmus} if platform else {"": Features()}
+    shown = {name: feat.id_registers() for name, feat in smmus.items()}
+    if args.json:  # without --platform: the default SMMU's registers, as it always was
+        as_hex = {n: {r: f"{v:#010x}" for r, v in regs.items()} for n, regs in shown.items()}
+        print(json.dumps(as_hex if platform else as_hex[""], indent=2))
         return 0
-    for name, value in regs.items():
-        print(f"{name:5} {value:#010x}  {REG[name].layout.format(value)}")
+    for smmu, regs in shown.items():
+        if smmu:
+            print(f"{smmu}:")
+        for name, value in regs.items():
+            print(f"{name:5} {value:#010x}  {REG[name].layout.format(value)}")
     return 0
 
 
 def _prove(args: argparse.Namespace) -> int:
     from properties.proofs import prove_all
+    from vsmmu.hyp.hypervisor import Hypervisor
 
-    results = prove_all(timeout_ms=args.timeout * 1000)
+    platform = _load_platform(args)
+    results = prove_all(Hypervisor(platform) if platform else None,
+                        timeout_ms=args.timeout * 1000)
     if args.json:
         print(json.dumps({"proofs": [r.as_dict() for r in results]}, indent=2))
     else:
@@ -57,16 +82,16 @@ def _prove(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from fuzz.program import ProgramError, load, to_text
-    from fuzz.runner import Runner, platform_for
+    from fuzz.targets import runner_for
     from vsmmu.platform import PlatformError
 
     try:
         ops = load(args.program, raw=True if args.bytes else None)
-        platform = platform_for(args.target, args.platform)
+        runner = runner_for(args.target, args.platform, z3=not args.no_z3)
     except (ProgramError, PlatformError) as e:
         print(f"vsmmu check: {e}", file=sys.stderr)
         return 2
-    result = Runner(platform, z3=not args.no_z3).run(ops)
+    result = runner.run(ops)
     v = result.violation
     if args.json:
         print(json.dumps({
@@ -110,11 +135,6 @@ def _delegate(module: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 # Subcommands whose options and behaviour live in fuzz/: (name, module, help).
@@ -128,7 +148,7 @@ DELEGATED = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fuzz.triage import SYSTEM_TARGETS
+    from fuzz import options
 
     parser = argparse.ArgumentParser(
         prog="vsmmu",
@@ -143,8 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
     p = sub.add_parser("prove", help="prove the vSMMU transfer functions for all guest inputs")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--timeout", type=_positive, default=30, metavar="S",
-                   help="Z3 time limit per proof, seconds (default 30); a timeout is 'unknown'")
+    p.add_argument("--time", "--timeout", dest="timeout", type=options.count, default=30,
+                   metavar="S", help="Z3 time limit per proof, seconds (default 30); a "
+                   "timeout is 'unknown'")
+    options.add_platform(p, " (proved per guest and vSMMU of that platform)")
     p.set_defaults(func=_prove)
     p = sub.add_parser("check", help="replay a fuzz program with every invariant on")
     p.add_argument("program", help="a program file: text (UTF-8), or the bytes "
@@ -152,11 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bytes", action="store_true",
                    help="decode the file as fuzz-input bytes even if it reads as text "
                    "(a file with a NUL or other control byte is taken as bytes anyway)")
-    p.add_argument("--platform", metavar="FILE", help="platform file (.toml/.json); "
-                   "default: the embedded fuzzing platform")
-    p.add_argument("--target", choices=SYSTEM_TARGETS,
-                   default="system", help="the fuzz target the program came from "
-                   "(virtio-iommu: its platform of virtio-iommu guests)")
+    options.add_platform(p)
+    options.add_target(p, "the program came from")
     p.add_argument("--no-z3", action="store_true", help="skip the Z3 state checks")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_check)
@@ -171,8 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="+", help="corpus directories to take new coverage from")
     p.add_argument("--target", default="system", help="the harness whose coverage counts")
     p.set_defaults(func=_corpus_merge)
-    p = sub.add_parser("info", help="the model's default ID registers, decoded")
+    p = sub.add_parser("info", help="the model's ID registers, decoded (default SMMU, or "
+                       "each SMMU of --platform)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    options.add_platform(p)
     p.set_defaults(func=_info)
     return parser
 
@@ -204,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except UsageError as e:
+        print(f"vsmmu {args.command}: {e}", file=sys.stderr)
+        return exits.USAGE
     except KeyboardInterrupt:
         print("vsmmu: interrupted", file=sys.stderr)
         return exits.INTERRUPTED

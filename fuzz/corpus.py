@@ -32,7 +32,6 @@ from vsmmu.hw.memory import PAGE_SIZE
 from vsmmu.hyp.host import GUEST_RAM, IPA_BITS, MSI_WINDOW
 from vsmmu.sw.driver import cd, cmd, ste_s1
 
-from .harness import TARGETS
 from .program import OP_BY_NAME, Op, encode, parse, to_text
 from .runner import (
     ATOMIC,
@@ -47,6 +46,7 @@ from .runner import (
     execute,
     fuzz_platform,
 )
+from .targets import TARGETS
 
 MAX_SEED_BYTES = 1024
 

@@ -43,10 +43,10 @@ from dataclasses import dataclass
 from .mutate import BIASES, Bias, Hints, Mutator, hints_from
 from .physical import PhysicalRunner
 from .program import decode
-from .runner import Runner, RunResult, platform_for
+from .runner import Runner, RunResult
+from .targets import runner_for
 from .triage import signature
 
-TARGETS = ("system", "vste", "command", "smmu", "virtio-iommu")
 PROGRESS_EVERY = 2.0  # seconds between progress lines
 PROGRESS_PREFIX = "vsmmu-progress execs="
 
@@ -93,12 +93,7 @@ class Settings:
 
 
 def make_runner(target: str, settings: Settings = Settings()) -> Runner | PhysicalRunner:
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r} (one of {', '.join(TARGETS)})")
-    if target == "smmu":
-        return PhysicalRunner()
-    return Runner(platform_for(target, settings.platform), monitor=settings.monitor,
-                  z3=settings.z3)
+    return runner_for(target, settings.platform, monitor=settings.monitor, z3=settings.z3)
 
 
 def runner_hints(runner: Runner | PhysicalRunner) -> Hints:

@@ -56,11 +56,12 @@ from vsmmu.arch.layouts import EVENT, Event
 from vsmmu.arch.layouts import Op as Opcode
 from vsmmu.platform import PlatformError, dump_platform
 
+from . import options
 from .program import Op, ProgramError, encode, load, to_text
 from .runner import Runner, RunResult, platform_for
+from .targets import runner_for
 
 # Targets whose inputs run on the whole system (the smmu target's on the physical rig).
-SYSTEM_TARGETS = ("system", "vste", "command", "virtio-iommu")
 DEFAULT_BUDGET = 60.0  # seconds of minimization per input
 DEFAULT_MAX_RUNS = 20_000  # replays of minimization per input
 CRASH_FRAMES = 3  # ClusterFuzz's MAX_CRASH_STATE_FRAMES
@@ -303,7 +304,7 @@ while the bug is present and guards against its return once fixed.
 """
 
 {platform_import}from fuzz.program import parse
-from fuzz.runner import Runner
+from fuzz.{runner_module} import {runner_class}
 {platform_vsmmu}
 SIGNATURE = {signature!r}
 
@@ -312,7 +313,7 @@ PROGRAM = """\\
 {platform_value}
 
 def test_regression_{digest}():
-    result = Runner({runner_args}).run(parse(PROGRAM))
+    result = {runner_class}({runner_args}).run(parse(PROGRAM))
     assert result.violation is None, (
         f"{{SIGNATURE}} still reproduces: {{result.violation}}\\n{{result.traceback or ''}}")
 '''
@@ -320,25 +321,28 @@ def test_regression_{digest}():
 
 def emit_test(directory: str | os.PathLike, ops: list[Op], finding: Finding, *,
               platform: dict | None = None, z3: bool = True, source: str = "a fuzz input",
-              ) -> Path:
+              target: str = "system") -> Path:
     """Write `directory/test_regression_<signature hash>.py`: a self-contained pytest
     file holding the program text (and the platform description, if not the default)
-    that asserts the program replays clean.  Returns its path."""
+    that asserts the program replays clean on `target`'s runner.  Returns its path."""
     digest = signature_hash(finding.signature)
     args = []
     platform_import = platform_vsmmu = platform_value = ""
+    smmu = target == "smmu"  # the physical SMMU alone: its rig takes the first SMMU's features
     if platform is not None:
         platform_import = "import json\n\n"
         platform_vsmmu = "from vsmmu.platform import platform_from_dict\n"
         platform_value = f"\nPLATFORM = json.loads({json.dumps(platform, sort_keys=True)!r})\n"
-        args.append("platform_from_dict(PLATFORM)")
-    if not z3:
+        args.append("platform_from_dict(PLATFORM)" + (".smmus[0].features" if smmu else ""))
+    if not z3 and not smmu:
         args.append("z3=False")
     text = _TEST_TEMPLATE.format(
         signature=finding.signature,
         source=re.sub(r"[^\w.+-]", "_", os.path.basename(source)),
         program=to_text(ops), platform_import=platform_import, platform_vsmmu=platform_vsmmu,
-        platform_value=platform_value, digest=digest, runner_args=", ".join(args))
+        platform_value=platform_value, digest=digest, runner_args=", ".join(args),
+        runner_module="physical" if smmu else "runner",
+        runner_class="PhysicalRunner" if smmu else "Runner")
     path = Path(directory) / f"test_regression_{digest}.py"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -436,36 +440,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bytes", action="store_true",
                         help="decode every file as fuzz-input bytes even if it reads as "
                         "text")
-    parser.add_argument("--platform", metavar="FILE", help="platform file (.toml/.json); "
-                        "default: the embedded fuzzing platform")
-    parser.add_argument("--target", choices=SYSTEM_TARGETS, default="system",
-                        help="the fuzz target the inputs came from (virtio-iommu: its platform "
-                        "of virtio-iommu guests, unless --platform is given)")
+    options.add_platform(parser)
+    options.add_target(parser, "the inputs came from")
     parser.add_argument("--no-z3", action="store_true", help="skip the Z3 state checks")
-    parser.add_argument("--budget", type=_seconds, default=DEFAULT_BUDGET, metavar="S",
+    parser.add_argument("--time", "--budget", dest="budget", type=options.seconds_or_zero,
+                        default=DEFAULT_BUDGET, metavar="S",
                         help=f"minimization time per input, seconds (default {DEFAULT_BUDGET:g};"
                         " 0: only cut after the failing step)")
-    parser.add_argument("--max-runs", type=_count, default=DEFAULT_MAX_RUNS, metavar="N",
+    parser.add_argument("--max-runs", type=options.count, default=DEFAULT_MAX_RUNS, metavar="N",
                         help=f"minimization replays per input (default {DEFAULT_MAX_RUNS})")
     parser.add_argument("--emit-test", metavar="DIR",
                         help="write a pytest regression test per group into DIR")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text[:40]}")
-    return value
 
 
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text[:40]}")
-    return int(text)
 
 
 def _fail(message: str) -> int:
@@ -484,7 +474,7 @@ def main(args: argparse.Namespace) -> int:
         except OSError as e:
             return _fail(f"--emit-test {_shown(args.emit_test)}: {e.strerror or e}")
     try:
-        runner = Runner(platform, z3=not args.no_z3)
+        runner = runner_for(args.target, args.platform, z3=not args.no_z3)
     except Violation as v:  # the model fails before any input runs
         print(f"vsmmu triage: the platform breaks an invariant at boot: {v}", file=sys.stderr)
         return 1
@@ -498,7 +488,7 @@ def main(args: argparse.Namespace) -> int:
             emitted[sig] = emit_test(
                 args.emit_test, best.minimized.ops, best.finding,
                 platform=dump_platform(platform) if platform else None, z3=not args.no_z3,
-                source=best.file)
+                source=best.file, target=args.target)
     for r in reports:
         if r.error:
             print(f"vsmmu triage: {_shown(r.error)}", file=sys.stderr)

@@ -18,13 +18,13 @@ import pytest
 
 from fuzz import campaign, dictionary
 from fuzz.campaign import CampaignError, CampaignOptions, merge_corpora, run_campaign
-from fuzz.harness import TARGETS
 from fuzz.mutate import SEPARATOR, Generator, Hints, Mutator, mutate_field
 from fuzz.mutate import SYSTEM as SYSTEM_BIAS
 from fuzz.mutate import VIRTIO as VIRTIO_BIAS
 from fuzz.physical import PhysicalRunner
 from fuzz.program import MAX_OPS, OP_BY_NAME, Op, decode, encode, parse
 from fuzz.runner import DMA_IOVA, boot
+from fuzz.targets import TARGETS
 from properties.violations import FAULT_REPORTING
 from vsmmu.arch.layouts import CD, COMMANDS, STE
 from vsmmu.arch.layouts import Op as Opcode

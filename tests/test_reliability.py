@@ -156,8 +156,3 @@ def test_an_internal_error_is_one_line_and_a_log(monkeypatch, capsys):
     finally:
         log.unlink()
 
-
-def test_version(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["--version"])
-    assert e.value.code == 0 and capsys.readouterr().out.startswith("vsmmu ")

@@ -29,8 +29,9 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
-from ..harness import TARGETS, Settings, make_runner, planted
+from ..harness import Settings, make_runner, planted
 from ..program import OPS, Op, Operand
+from ..targets import TARGETS
 from ..triage import signature
 
 STEPS = 50

@@ -56,7 +56,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..campaign import HARNESSES, SEEDS_ROOT, _positive_float, _positive_int, base_flags
+from .. import options
+from ..campaign import HARNESSES, SEEDS_ROOT, base_flags
 from ..harness import Settings
 from . import speed
 from .plants import PLANTS
@@ -289,15 +290,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     p = sub.add_parser("bugs", help="time to find each planted bug: ours vs atheris "
                        "byte-level vs Hypothesis stateful")
-    p.add_argument("--budget", type=_positive_float, default=DEFAULT_BUDGET, metavar="S",
+    p.add_argument("--time", "--budget", dest="budget", type=options.seconds,
+                   default=DEFAULT_BUDGET, metavar="S",
                    help=f"seconds per run (default {DEFAULT_BUDGET:g})")
-    p.add_argument("--seeds", type=_positive_int, default=DEFAULT_SEEDS, metavar="N",
+    p.add_argument("--seeds", type=options.count, default=DEFAULT_SEEDS, metavar="N",
                    help=f"runs per bug and fuzzer (default {DEFAULT_SEEDS})")
     p.add_argument("--bugs", metavar="NAME,...", help="only these planted bugs (default all)")
     p.add_argument("--fuzzers", default=",".join(FUZZERS), metavar="NAME,...",
                    help=f"which fuzzers (default {','.join(FUZZERS)})")
-    p.add_argument("--jobs", type=_positive_int, default=1, metavar="J",
-                   help="runs in parallel (default 1: each run has a core to itself)")
+    p.add_argument("--jobs", type=options.count_or_zero, default=1, metavar="J",
+                   help="runs in parallel (default 1: each run has a core to itself; 0: one "
+                   "per core)")
     p.add_argument("--no-z3", action="store_true", help="skip the Z3 state checks")
     p.add_argument("--plot", metavar="FILE.png", help="draw findings over time")
     p.add_argument("--json", action="store_true", help="print one JSON object")

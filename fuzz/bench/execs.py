@@ -32,9 +32,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..campaign import HARNESSES
-from ..harness import TARGETS, Settings, make_runner, runner_hints
+from ..harness import Settings, make_runner, runner_hints
 from ..mutate import BIASES, Mutator
 from ..program import decode
+from ..targets import TARGETS
 
 HAVE_ATHERIS = importlib.util.find_spec("atheris") is not None  # the harness scripts need it
 MODES = {"off": Settings(monitor=False, z3=False), "concrete": Settings(z3=False),

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 
 from properties.proofs import prove_all
 
-from ..harness import TARGETS
+from ..targets import TARGETS
 from . import checks, execs, translate
 
 MODES = tuple(execs.MODES)  # off, concrete, concrete+z3

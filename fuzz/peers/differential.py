@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from .. import options
 from .comparison import Observation, compare
 from .divergences import EXPLAINED, KNOWN, PEER_CRASH, CaseResult, classify
 from .execution import ModelTarget, QemuTarget, execute
@@ -157,27 +158,17 @@ def run(binary: str, seed: int = 0, cases: int = 300, *, start: int = 0,
 
 
 # ====================================================================== command line
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `vsmmu diff-qemu`."""
-    parser.add_argument("--cases", type=_positive, default=300, metavar="N",
+    parser.add_argument("--cases", type=options.count, default=300, metavar="N",
                         help="number of generated scenarios (default 300)")
     parser.add_argument("--seed", type=int, default=0, metavar="S",
                         help="scenario seed (default 0); case i of seed S is always the same")
-    parser.add_argument("--start", type=_non_negative, default=0, metavar="I",
+    parser.add_argument("--start", type=options.count_or_zero, default=0, metavar="I",
                         help="index of the first case (replay one: --start I --cases 1)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object: qemu_version, cases, agree, divergences")
