@@ -64,6 +64,7 @@ from properties.violations import NO_CRASH
 
 from . import options
 from .harness import PROGRESS_PREFIX, Settings, make_runner, planted
+from .outputs import unwritable
 from .program import MAX_BYTES, decode
 from .results import CampaignResult, Finding, coverage_table, format_result
 from .targets import TARGETS
@@ -321,7 +322,8 @@ class Campaign:
         except OSError as e:
             raise CampaignError(f"cannot create {e.filename}: {e.strerror}") from None
         for what, d in (("corpus", self.corpus), ("artifacts", self.artifacts)):
-            check_writable(d, what)
+            if why := unwritable(d, what):
+                raise CampaignError(why)
         self.jobs = o.jobs or os.cpu_count() or 1
         self.time = o.time if o.time is not None else (None if o.runs else DEFAULT_TIME)
 
@@ -618,17 +620,6 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def check_writable(d: Path, what: str) -> None:
-    """A directory this command writes to must take a file: libFuzzer drops what it
-    cannot write without failing, so a read-only corpus or artifacts directory would
-    otherwise lose inputs or findings silently."""
-    try:
-        with tempfile.NamedTemporaryFile(dir=d, prefix=".vsmmu-write-check-"):
-            pass
-    except OSError as e:
-        raise CampaignError(f"cannot write to the {what} directory {d}: "
-                            f"{e.strerror or e}") from None
-
 
 def _inputs(*dirs: Path | None) -> list[Path]:
     out = []
@@ -679,6 +670,8 @@ def merge_corpora(dest: str | os.PathLike, sources: Iterable[str | os.PathLike],
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CampaignError(f"cannot create {dest}: {e.strerror}") from None
+    if why := unwritable(dest, "merge destination"):
+        raise CampaignError(why)
     before = _count(dest)
     script = HARNESSES / f"{target}_fuzzer.py"
     env = dict(os.environ)

@@ -57,6 +57,7 @@ from vsmmu.arch.layouts import Op as Opcode
 from vsmmu.platform import PlatformError, dump_platform
 
 from . import options
+from .outputs import unwritable
 from .program import Op, ProgramError, encode, load, to_text
 from .runner import Runner, RunResult, platform_for
 from .targets import runner_for
@@ -345,6 +346,8 @@ def emit_test(directory: str | os.PathLike, ops: list[Op], finding: Finding, *,
         runner_class="PhysicalRunner" if smmu else "Runner")
     path = Path(directory) / f"test_regression_{digest}.py"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.read_text(errors="replace") != text:
+        raise FileExistsError(f"{path} exists and differs (edited?): left as it is")
     path.write_text(text)
     return path
 
@@ -473,6 +476,8 @@ def main(args: argparse.Namespace) -> int:
             Path(args.emit_test).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             return _fail(f"--emit-test {_shown(args.emit_test)}: {e.strerror or e}")
+        if why := unwritable(Path(args.emit_test), "--emit-test"):
+            return _fail(why)  # before minimizing anything: no work is lost
     try:
         runner = runner_for(args.target, args.platform, z3=not args.no_z3)
     except Violation as v:  # the model fails before any input runs
@@ -482,16 +487,23 @@ def main(args: argparse.Namespace) -> int:
                      raw=True if args.bytes else None)
     by_signature = groups(reports)
     emitted: dict[str, Path] = {}
+    not_written: list[str] = []  # tests that could not be written, or were kept as they are
     if args.emit_test:
         for sig, members in by_signature.items():
             best = min(members, key=lambda r: (len(encode(r.minimized.ops)), r.file))
-            emitted[sig] = emit_test(
-                args.emit_test, best.minimized.ops, best.finding,
-                platform=dump_platform(platform) if platform else None, z3=not args.no_z3,
-                source=best.file, target=args.target)
+            try:
+                emitted[sig] = emit_test(
+                    args.emit_test, best.minimized.ops, best.finding,
+                    platform=dump_platform(platform) if platform else None,
+                    z3=not args.no_z3, source=best.file, target=args.target)
+            except OSError as e:
+                not_written.append(str(e) if isinstance(e, FileExistsError) else
+                                   f"cannot write the test for {sig}: {e.strerror or e}")
     for r in reports:
         if r.error:
             print(f"vsmmu triage: {_shown(r.error)}", file=sys.stderr)
+    for message in not_written:
+        print(f"vsmmu triage: {_shown(message)}", file=sys.stderr)
     if args.json:
         print(json.dumps({"inputs": [r.as_dict() for r in reports], "groups": len(by_signature),
                           "tests": {s: str(p) for s, p in emitted.items()}}, indent=2))
@@ -506,7 +518,7 @@ def main(args: argparse.Namespace) -> int:
             where = f"  -> {emitted[sig]}" if sig in emitted else ""
             print(f"  {sig}  ({len(members)}: {', '.join(_shown(r.file) for r in members)})"
                   f"{where}")
-    if any(r.error for r in reports):
+    if any(r.error for r in reports) or not_written:
         return 2
     return 1 if by_signature else 0
 

@@ -156,3 +156,41 @@ def test_an_internal_error_is_one_line_and_a_log(monkeypatch, capsys):
     finally:
         log.unlink()
 
+
+
+def test_corpus_merge_into_an_unwritable_directory_is_an_error(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(encode(parse("\n".join(CLEAN))))
+    with pytest.raises(campaign.CampaignError, match="cannot write to the merge destination"):
+        campaign.merge_corpora(UNWRITABLE, [src])
+
+
+def _smmu_crash(tmp_path: Path) -> Path:
+    crash = tmp_path / "crash-smmu"
+    # device 6: the rig's stray stream, SID 8, beyond its 8-entry stream table
+    crash.write_text(f"dma device=0x6 iova={DMA_IOVA:#x} size=0x3 flags=0x0 ssid=0x0\n")
+    return crash
+
+
+def test_triage_checks_its_test_directory_before_minimizing(tmp_path, capsys):
+    argv = ["triage", "--target", "smmu", "--emit-test", UNWRITABLE, str(_smmu_crash(tmp_path))]
+    assert main(argv) == exits.USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write to the --emit-test directory" in err
+
+
+def test_triage_never_overwrites_a_test_the_user_edited(tmp_path, capsys):
+    from fuzz.bench.plants import planted
+
+    crash, tests = _smmu_crash(tmp_path), tmp_path / "tests"
+    argv = ["triage", "--target", "smmu", "--time", "0", "--emit-test", str(tests), str(crash)]
+    with planted("stream-table-unbounded"):
+        assert main(argv) == exits.FINDINGS
+        [test] = tests.glob("test_regression_*.py")
+        assert main(argv) == exits.FINDINGS  # the same test again: nothing to protect
+        test.write_text(test.read_text() + "# my notes\n")
+        capsys.readouterr()
+        assert main(argv) == exits.USAGE
+    assert test.read_text().endswith("# my notes\n")
+    assert "exists and differs (edited?): left as it is" in capsys.readouterr().err
