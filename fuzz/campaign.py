@@ -61,12 +61,14 @@ from pathlib import Path
 from typing import TextIO
 
 from properties.violations import NO_CRASH
+from vsmmu.platform import PlatformError
 
 from . import options
 from .harness import PROGRESS_PREFIX, Settings, make_runner, planted
 from .outputs import unwritable
 from .program import MAX_BYTES, decode
 from .results import CampaignResult, Finding, coverage_table, format_result
+from .runner import platform_for
 from .targets import TARGETS
 from .triage import classify
 
@@ -293,10 +295,8 @@ class Campaign:
                 raise CampaignError(f"libFuzzer flags after -- look like -name=value, got "
                                     f"{flag[:60]!r}")
         if o.platform:
-            from vsmmu.platform import PlatformError, load_platform
-
-            try:
-                load_platform(o.platform)
+            try:  # before any worker starts: one line, not a harness failing N times
+                platform_for(o.target, o.platform)
             except PlatformError as e:
                 raise CampaignError(str(e)) from None
         self.script = HARNESSES / f"{o.target}_fuzzer.py"

@@ -66,10 +66,14 @@ def _info(args: argparse.Namespace) -> int:
 def _prove(args: argparse.Namespace) -> int:
     from properties.proofs import prove_all
     from vsmmu.hyp.hypervisor import Hypervisor
+    from vsmmu.platform import PlatformError
 
     platform = _load_platform(args)
-    results = prove_all(Hypervisor(platform) if platform else None,
-                        timeout_ms=args.timeout * 1000)
+    try:
+        hyp = Hypervisor(platform) if platform else None
+    except PlatformError as e:  # one the hypervisor cannot boot
+        raise UsageError(str(e)) from None
+    results = prove_all(hyp, timeout_ms=args.timeout * 1000)
     if args.json:
         print(json.dumps({"proofs": [r.as_dict() for r in results]}, indent=2))
     else:

@@ -41,9 +41,10 @@ from vsmmu.arch.virtio_layouts import (
 from vsmmu.guests.guest import Domain, GuestKernel
 from vsmmu.guests.virtio_guest import ViommuDomain, ViommuError, VirtioGuestKernel
 from vsmmu.hw.memory import PAGE_SIZE, BusError
+from vsmmu.hyp.capacity import check_bootable
 from vsmmu.hyp.host import GUEST_RAM
 from vsmmu.hyp.hypervisor import Hypervisor
-from vsmmu.platform import GuestSpec, Platform, default_platform, load_platform
+from vsmmu.platform import GuestSpec, Platform, PlatformError, default_platform, load_platform
 from vsmmu.sw.alloc import OutOfMemory
 from vsmmu.sw.driver import CommandError, DriverTimeout
 from vsmmu.sw.pagetable import MappingError
@@ -70,11 +71,17 @@ def fuzz_platform(viommu: str = "smmuv3") -> Platform:
 
 def platform_for(target: str, file: str | None = None) -> Platform | None:
     """The platform a fuzz target's programs run on: `file` when given (raises
-    PlatformError when it is bad), else the embedded one, of virtio-iommu guests
-    for the virtio-iommu target (None: the default)."""
-    if file:
-        return load_platform(file)
-    return fuzz_platform("virtio") if target == "virtio-iommu" else None
+    PlatformError when it is bad, or when the hypervisor could not boot it, or when
+    it has no device for programs to drive), else the embedded one, of virtio-iommu
+    guests for the virtio-iommu target (None: the default)."""
+    if not file:
+        return fuzz_platform("virtio") if target == "virtio-iommu" else None
+    platform = load_platform(file)
+    check_bootable(platform)
+    if not platform.devices:
+        raise PlatformError(f"{file}: no device: fuzz programs need at least one to "
+                            "assign, DMA from and invalidate")
+    return platform
 
 
 @dataclass

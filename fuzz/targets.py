@@ -6,8 +6,6 @@ its runner from here, so that a target means the same thing everywhere.
 
 from __future__ import annotations
 
-from vsmmu.platform import load_platform
-
 from .physical import PhysicalRunner
 from .runner import Runner, platform_for
 
@@ -22,5 +20,6 @@ def runner_for(target: str, platform: str | None = None, *, monitor: bool = True
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r} (one of {', '.join(TARGETS)})")
     if target == "smmu":
-        return PhysicalRunner(load_platform(platform).smmus[0].features if platform else None)
+        features = platform_for(target, platform).smmus[0].features if platform else None
+        return PhysicalRunner(features)
     return Runner(platform_for(target, platform), monitor=monitor, z3=z3)

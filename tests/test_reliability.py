@@ -194,3 +194,45 @@ def test_triage_never_overwrites_a_test_the_user_edited(tmp_path, capsys):
         assert main(argv) == exits.USAGE
     assert test.read_text().endswith("# my notes\n")
     assert "exists and differs (edited?): left as it is" in capsys.readouterr().err
+
+
+def _platform(tmp_path: Path, change) -> Path:
+    from vsmmu.platform import default_platform, dump_platform
+
+    p = dump_platform(default_platform())
+    change(p)
+    path = tmp_path / "platform.json"
+    path.write_text(json.dumps(p))
+    return path
+
+
+def _features(p: dict, **kw) -> None:
+    p["smmu"][0].setdefault("features", {}).update(kw)
+
+
+def _most_ram(p: dict) -> None:
+    """The loader's documented maximums: 16 guests of 1024 MiB."""
+    p["guest"] += [dict(name=f"x{i}") for i in range(16 - len(p["guest"]))]
+    for g in p["guest"]:
+        g["ram_mib"] = 1024
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: _features(p, s1p=False), "the hypervisor needs stage 1 and stage 2"),
+    (lambda p: _features(p, st_2lvl=False, sidsize=24), "MiB of its 32 MiB pool"),
+    (_most_ram, "MiB of RAM together"),
+    (lambda p: p.update(device=[]), "no device"),
+], ids=["no-stage-1", "linear-table-too-big", "documented-maximum-ram", "no-device"])
+def test_a_platform_the_hypervisor_cannot_boot_is_one_line_at_load(tmp_path, capsys, change,
+                                                                   message):
+    path = _platform(tmp_path, change)
+    prog = tmp_path / "prog.txt"
+    prog.write_text("\n".join(CLEAN) + "\n")
+    start = time.monotonic()
+    for argv in (["check", "--platform", str(path), str(prog)],
+                 ["fuzz", "--platform", str(path), "--corpus", str(tmp_path),
+                  "--artifacts", str(tmp_path), "--runs", "1"]):
+        assert main(argv) == exits.USAGE
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert time.monotonic() - start < 10  # refused before booting anything

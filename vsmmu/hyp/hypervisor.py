@@ -39,6 +39,7 @@ from ..platform import DeviceSpec, GuestSpec, Platform, default_platform
 from ..sw.alloc import Allocator
 from ..sw.driver import SmmuDriver, cmd, ste_abort, ste_s2
 from ..sw.pagetable import IpaView, MappingError, PageTable
+from .capacity import check_bootable
 from .host import (
     GUEST_RAM,
     HYP_POOL,
@@ -101,6 +102,7 @@ class Msi:
 class Hypervisor:
     def __init__(self, platform: Platform | None = None):
         self.platform = platform or default_platform()
+        check_bootable(self.platform)
         self.mem = PhysMem(48)
         self.mem.add(*HYP_POOL, HYP)
         self.hyp_alloc = Allocator(*HYP_POOL)

@@ -1,0 +1,59 @@
+"""What this hypervisor can boot, checked before it starts.
+
+The platform loader checks a description on its own terms (names, ranges,
+references); this checks it against the hypervisor's resources, so that a
+platform the loader accepts never fails half-way through booting (a command
+error from a missing stage, a table pool out of memory, minutes of mapping).
+Each limit is one PlatformError line that names it.
+"""
+
+from __future__ import annotations
+
+from ..arch.features import Features
+from ..hw.memory import PAGE_SIZE
+from ..platform import Platform, PlatformError
+from ..sw.driver import CMD_BYTES, EVT_BYTES, STE_BYTES, STRTAB_SPLIT
+from .host import HYP_POOL
+
+# All guests' RAM together: the hypervisor backs and maps every page at boot, about
+# 6 ms and 70 KB of this process per MiB on the 2-core machine the project runs on.
+MAX_GUEST_RAM_MIB = 2048
+# The share of the hypervisor's table pool boot may take; the rest is for run time
+# (virtio-iommu domains' tables, level-2 stream tables, stage-2 tables that grow).
+BOOT_SHARE = 2
+QUEUE_LOG2 = 8  # the hypervisor's command and event queues: 256 entries (SmmuDriver.reset)
+
+
+def stream_table_bytes(f: Features) -> int:
+    """The hypervisor's stream table for one SMMU, as SmmuDriver.reset lays it out:
+    2-level when offered and SIDs exceed one level-2 table, else linear."""
+    if f.st_2lvl and f.sidsize > STRTAB_SPLIT:
+        return max(8 << (f.sidsize - STRTAB_SPLIT), 64)
+    return STE_BYTES << f.sidsize
+
+
+def stage2_bytes(ram_mib: int) -> int:
+    """A guest's stage 2 at boot, 4 KiB granule: a level-3 table per 2 MiB of RAM,
+    a level-2 table per GiB, and the pages above them and for the MSI window."""
+    return (-(-ram_mib // 2) + -(-ram_mib // 1024) + 4) * PAGE_SIZE
+
+
+def check_bootable(p: Platform) -> None:
+    for s in p.smmus:
+        if not (s.features.s1p and s.features.s2p):
+            raise PlatformError(
+                f"smmu {s.name!r}: the hypervisor needs stage 1 and stage 2 (features s1p and "
+                "s2p): every guest has a stage 2, nested under its own stage 1")
+    ram = sum(g.ram_mib for g in p.guests)
+    if ram > MAX_GUEST_RAM_MIB:
+        raise PlatformError(f"the guests have {ram} MiB of RAM together, more than the "
+                            f"{MAX_GUEST_RAM_MIB} MiB the hypervisor maps at boot")
+    queues = (CMD_BYTES + EVT_BYTES) << QUEUE_LOG2
+    need = sum(stream_table_bytes(s.features) + queues for s in p.smmus)
+    need += sum(stage2_bytes(g.ram_mib) for g in p.guests)
+    pool = HYP_POOL[1]
+    if need > pool // BOOT_SHARE:
+        raise PlatformError(
+            f"the hypervisor's tables would take {need >> 20} MiB at boot, more than "
+            f"{pool // BOOT_SHARE >> 20} MiB of its {pool >> 20} MiB pool: use 2-level "
+            "stream tables (st_2lvl) or a smaller sidsize, or less guest RAM")
