@@ -43,6 +43,7 @@ stopped by a signal (SIGINT, SIGTERM, SIGHUP: the summary still comes).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import queue
@@ -365,6 +366,10 @@ class Campaign:
         a signal, an output that could not be written): workers stopped, every artifact
         classified, the coverage replay, the result, temporary files removed."""
         settings = Settings(platform=self.o.platform, z3=self.o.z3, plant=self.o.plant)
+        with _corpus_lock(self.corpus):
+            return self._run(settings)
+
+    def _run(self, settings: Settings) -> CampaignResult:
         self.findings: dict[str, Finding] = {}
         self.unreproduced: list[str] = []
         self.handled: set[str] = set()
@@ -586,6 +591,25 @@ class Campaign:
 
 
 @contextmanager
+def _corpus_lock(corpus: Path):
+    """One campaign per working corpus: two would race over the same files and each
+    would count the other's inputs as its own.  An advisory lock on the directory
+    itself (flock), so that a campaign that dies, however it dies, leaves no stale
+    lock behind.  `--jobs N` is how one campaign shares a corpus between processes."""
+    fd = os.open(corpus, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CampaignError(f"the corpus {corpus} is in use by another campaign: give "
+                                "this one its own --corpus (or run one campaign with "
+                                "--jobs N)") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
 def _stop_signals(signalled):
     """SIGINT, SIGTERM and SIGHUP all stop a campaign the way Ctrl-C does; `signalled()`
     says whether to raise (the first signal) or only note it (a campaign stopping
@@ -672,6 +696,11 @@ def merge_corpora(dest: str | os.PathLike, sources: Iterable[str | os.PathLike],
         raise CampaignError(f"cannot create {dest}: {e.strerror}") from None
     if why := unwritable(dest, "merge destination"):
         raise CampaignError(why)
+    with _corpus_lock(dest):
+        return _merge(dest, sources, target)
+
+
+def _merge(dest: Path, sources: list[Path], target: str) -> MergeResult:
     before = _count(dest)
     script = HARNESSES / f"{target}_fuzzer.py"
     env = dict(os.environ)

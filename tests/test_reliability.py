@@ -236,3 +236,24 @@ def test_a_platform_the_hypervisor_cannot_boot_is_one_line_at_load(tmp_path, cap
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
     assert time.monotonic() - start < 10  # refused before booting anything
+
+
+def test_two_campaigns_cannot_share_a_corpus_and_a_dead_one_does_not_block(tmp_path, capsys):
+    corpus, artifacts = tmp_path / "corpus", tmp_path / "artifacts"
+    corpus.mkdir()
+    holder = subprocess.Popen(  # another campaign's lock on the corpus directory
+        [sys.executable, "-c", "import fcntl, os, sys, time; "
+         f"fd = os.open({str(corpus)!r}, os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+         "print('locked', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    argv = ["--corpus", str(corpus), "--artifacts", str(artifacts), "--runs", "3", "--no-z3"]
+    try:
+        assert _fuzz(argv) == exits.USAGE
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is in use by another campaign" in err
+        with pytest.raises(campaign.CampaignError, match="in use by another campaign"):
+            campaign.merge_corpora(corpus, [artifacts])
+    finally:
+        holder.kill()  # SIGKILL: no clean-up, and still no stale lock
+        holder.wait()
+    assert _fuzz(argv) == exits.CLEAN
