@@ -68,7 +68,7 @@ from . import options
 from .harness import PROGRESS_PREFIX, Settings, make_runner, planted
 from .outputs import unwritable
 from .program import MAX_BYTES, decode
-from .results import CampaignResult, Finding, coverage_table, format_result
+from .results import MAX_SIDECAR_BYTES, CampaignResult, Finding, coverage_table, format_result
 from .runner import platform_for
 from .targets import TARGETS
 from .triage import classify
@@ -203,13 +203,13 @@ class Classifier:
 
     def classify(self, path: Path) -> Finding:
         sidecar = path.with_name(path.name + ".json")
-        if sidecar.exists():
-            try:
-                data = json.loads(sidecar.read_text())
-                return Finding(data["invariant"], data["signature"], str(path), data.get("step"),
-                               data.get("witness") or {}, data.get("target", "?"), new=False)
-            except (OSError, ValueError, KeyError, TypeError):
-                pass  # unreadable: classify again
+        try:
+            with open(sidecar, "rb") as f:
+                known = Finding.from_sidecar(f.read(MAX_SIDECAR_BYTES + 1), str(path))
+        except OSError:
+            known = None  # none, or unreadable: classify again
+        if known is not None:
+            return known
         finding = self._replay(path)
         try:
             sidecar.write_text(json.dumps(finding.sidecar(), indent=2) + "\n")

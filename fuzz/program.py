@@ -249,6 +249,13 @@ def load(path: str, *, raw: bool | None = None) -> list[Op]:
             data = f.read(64 * MAX_BYTES + 1)
     except OSError as e:
         raise ProgramError(f"{path}: {e.strerror or e}") from None
+    return read_program(data, raw=raw, where=path)
+
+
+def read_program(data: bytes, *, raw: bool | None = None, where: str = "program") -> list[Op]:
+    """The program in a file's bytes, as `load` reads it (`where` names the file in
+    errors)."""
+    path = where
     if raw is None:
         raw = not data or not _CONTROL.isdisjoint(data)
     if raw:

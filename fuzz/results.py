@@ -8,6 +8,7 @@ configs, fault classes and command errors, against layouts.Event / Op / Config.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from vsmmu.arch.layouts import Op as Opcode
 
 from . import exits
 
+MAX_SIDECAR_BYTES = 1 << 20  # ours are a few hundred bytes
 
 @dataclass
 class Finding:
@@ -34,6 +36,27 @@ class Finding:
     def sidecar(self) -> dict[str, Any]:
         return {"invariant": self.invariant, "signature": self.signature, "step": self.step,
                 "witness": self.witness, "target": self.target}
+
+    @classmethod
+    def from_sidecar(cls, data: bytes, artifact: str) -> Finding | None:
+        """An earlier campaign's finding from its sidecar (untrusted: someone else's
+        file); None when it is not one this tool wrote, and the artifact is then
+        classified again."""
+        if len(data) > MAX_SIDECAR_BYTES:
+            return None
+        try:
+            d = json.loads(data)
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep
+            return None
+        if not isinstance(d, dict):
+            return None
+        invariant, signature = d.get("invariant"), d.get("signature")
+        step, witness, target = d.get("step"), d.get("witness") or {}, d.get("target", "?")
+        if not (isinstance(invariant, str) and isinstance(signature, str)
+                and isinstance(target, str) and isinstance(witness, dict)
+                and (step is None or type(step) is int)):
+            return None
+        return cls(invariant, signature, artifact, step, witness, target, new=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {"invariant": self.invariant, "signature": self.signature,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import campaign, dictionary
+from fuzz import campaign, dictionary, parsers
 from fuzz.campaign import CampaignError, CampaignOptions, merge_corpora, run_campaign
 from fuzz.mutate import SEPARATOR, Generator, Hints, Mutator, mutate_field
 from fuzz.mutate import SYSTEM as SYSTEM_BIAS
@@ -225,7 +225,8 @@ def test_harness_scripts_run_under_libfuzzer(tmp_path):
              f"-artifact_prefix={work}/", str(work / "corpus")],
             env=_env(VSMMU_FUZZ_Z3="0"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True)
-    assert set(procs) == {f"{t}_fuzzer" for t in TARGETS}
+    assert set(procs) == ({f"{t}_fuzzer" for t in TARGETS}
+                          | {f"parse_{p}_fuzzer" for p in parsers.TARGETS})
     for name, proc in procs.items():
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, (name, out[-2000:])

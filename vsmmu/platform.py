@@ -53,7 +53,7 @@ __all__ = [
     "MAX_DEVICES", "MAX_FILE_BYTES", "MAX_GUESTS", "MAX_SMMUS", "VSID_BITS",
     "DeviceSpec", "GuestSpec", "Platform", "PlatformError", "SmmuSpec",
     "default_platform", "dump_platform", "features_from", "load_platform",
-    "platform_from_dict",
+    "platform_from_bytes", "platform_from_dict",
 ]
 
 MAX_SMMUS = 8
@@ -608,22 +608,26 @@ def load_platform(path: str | os.PathLike) -> Platform:
             raw = _read_bounded(p)
         except OSError as e:
             raise PlatformError(e.strerror or type(e).__name__) from None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise PlatformError(f"not UTF-8 text (byte {e.start})") from None
-        fmt = "JSON" if ext == ".json" else "TOML"
-        try:
-            if ext == ".json":
-                data = json.loads(text, object_pairs_hook=_no_duplicate_keys,
-                                  parse_constant=_no_constant)
-            else:
-                data = tomllib.loads(text)
-        except RecursionError:
-            raise PlatformError(f"malformed {fmt}: nested too deeply") from None
-        except ValueError as e:  # JSONDecodeError, TOMLDecodeError, int digit limit
-            msg = " ".join(str(e).split())[:200]
-            raise PlatformError(f"malformed {fmt}: {msg}") from None
-        return platform_from_dict(data)
+        return platform_from_bytes(raw, "JSON" if ext == ".json" else "TOML")
     except PlatformError as e:
         raise PlatformError(f"{where}: {e}") from None
+
+
+def platform_from_bytes(raw: bytes, fmt: str) -> Platform:
+    """The platform in a file's bytes, `fmt` "JSON" or "TOML" (untrusted)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PlatformError(f"not UTF-8 text (byte {e.start})") from None
+    try:
+        if fmt == "JSON":
+            data = json.loads(text, object_pairs_hook=_no_duplicate_keys,
+                              parse_constant=_no_constant)
+        else:
+            data = tomllib.loads(text)
+    except RecursionError:
+        raise PlatformError(f"malformed {fmt}: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, TOMLDecodeError, int digit limit
+        msg = " ".join(str(e).split())[:200]
+        raise PlatformError(f"malformed {fmt}: {msg}") from None
+    return platform_from_dict(data)

@@ -1,0 +1,18 @@
+#!/usr/bin/env python3
+"""The platform json parser against any bytes (fuzz/parsers.py says what it must hold).
+
+    fuzz/harnesses/parse_platform_json_fuzzer.py -runs=100000
+"""
+
+import sys
+from pathlib import Path
+
+import atheris
+
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # a source checkout
+with atheris.instrument_imports(include=["vsmmu", "properties", "fuzz"]):
+    from fuzz import parsers
+
+if __name__ == "__main__":
+    atheris.Setup(sys.argv, parsers.TARGETS["platform_json"])
+    atheris.Fuzz()
