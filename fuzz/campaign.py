@@ -408,7 +408,8 @@ class Campaign:
             corpus=_count(self.corpus), replayed=replayed,
             cov=max((w.cov for w in workers), default=0),
             restarts=sum(w.restarts for w in workers), interrupted=self.interrupted,
-            errors=errors, unreproduced=self.unreproduced)
+            errors=errors, unreproduced=self.unreproduced, corpus_dir=str(self.corpus),
+            artifacts_dir=str(self.artifacts))
 
     def _signalled(self) -> bool:
         """SIGINT, SIGTERM or SIGHUP: the first one during the fuzzing stops it (True:

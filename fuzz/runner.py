@@ -205,12 +205,15 @@ def _checked_step(system: System, op: ProgramOp) -> None:
 
 
 def _coverage(system: System) -> set[str]:
-    """What the run made the SMMUs do ("smmu.event:C_BAD_STE") and what guests
-    made their vSMMUs do ("vsmmu.cmd:TLBI_NH_ASID")."""
+    """What the run made the SMMUs do ("smmu.event:C_BAD_STE"), what guests made
+    their vSMMUs do ("vsmmu.cmd:TLBI_NH_ASID") and their virtio-iommus answer
+    ("viommu.status:RANGE")."""
     reached = {f"smmu.{key}" for phys in system.hyp.smmus.values() for key in phys.smmu.reached}
     for guest in system.hyp.guests.values():
         for vsmmu in guest.vsmmus.values():
             reached |= {f"vsmmu.{key}" for key in vsmmu.reached}
+        if guest.viommu is not None:
+            reached |= {f"viommu.{key}" for key in guest.viommu.reached}
     return reached
 
 

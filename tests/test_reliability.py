@@ -18,7 +18,7 @@ from fuzz import campaign, exits
 from fuzz.campaign import CampaignOptions, run_campaign
 from fuzz.cli import main
 from fuzz.program import encode, parse
-from fuzz.results import format_result
+from fuzz.results import CampaignResult, Finding, format_result
 from fuzz.runner import DMA_IOVA
 
 VSMMU = [sys.executable, "-c", "import sys; from fuzz.cli import main; sys.exit(main())"]
@@ -257,3 +257,37 @@ def test_two_campaigns_cannot_share_a_corpus_and_a_dead_one_does_not_block(tmp_p
         holder.kill()  # SIGKILL: no clean-up, and still no stale lock
         holder.wait()
     assert _fuzz(argv) == exits.CLEAN
+
+
+def _result(target: str, findings: list[Finding] | None = None) -> CampaignResult:
+    return CampaignResult(target, 10, 1.0, findings or [], {}, corpus_dir="c/t",
+                          artifacts_dir="a")
+
+
+@pytest.mark.parametrize("target, shown, hidden", [
+    ("smmu", "events (physical)", "events (guest)"),
+    ("system", "commands (guest)", "virtio-iommu requests"),
+    ("virtio-iommu", "virtio-iommu status", "commands (guest)"),
+])
+def test_the_coverage_table_shows_what_the_target_can_reach(target, shown, hidden):
+    result = _result(target)
+    text = format_result(result)
+    assert f"  {shown} " in text and f"  {hidden} " not in text
+    assert "E_PAGE_REQUEST (no PRI queue, IDR0.PRI=0)" in text  # said, and not in the totals
+    assert "corpus in c/t, artifacts in a" in text and "cov: libFuzzer's count" in text
+    assert result.as_dict()["coverage_groups"] and shown in result.as_dict()["coverage_groups"]
+    assert "E_PAGE_REQUEST" not in json.dumps(result.as_dict()["coverage_totals"])
+
+
+def test_findings_come_with_the_next_step():
+    result = _result("vste", [Finding("s2-authority", "s2-authority:memory", "a/x")])
+    assert "next: vsmmu triage --target vste FILE..." in format_result(result)
+
+
+def test_virtio_iommu_requests_are_coverage():
+    from fuzz.corpus import seeds
+    from fuzz.targets import runner_for
+
+    reached = runner_for("virtio-iommu", z3=False).run(
+        list(seeds()["viommu-map-unmap"][1])).coverage
+    assert {"viommu.request:MAP", "viommu.request:UNMAP", "viommu.status:OK"} <= reached

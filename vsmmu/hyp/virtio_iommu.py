@@ -307,6 +307,7 @@ class VirtioIommu:
         # Watchers of each request (the invariant monitor): called after it with the
         # response and what the domains held before it (`state()`).
         self.observers: list[Callable[[VirtioIommu, Response, object], None]] = []
+        self.reached: set[str] = set()  # coverage: request types and status codes answered
         self._sync_unattached()
 
     # ----------------------------------------------------------- endpoints
@@ -477,10 +478,11 @@ class VirtioIommu:
 
     def process(self, request: bytes, in_len: int) -> Response:
         """Handle one request: `request` is its device-readable part."""
-        if not self.observers:
-            return self._process(request, in_len)
-        before = self.state()
+        before = self.state() if self.observers else None
         response = self._process(request, in_len)
+        t, status = response.req_type, response.status
+        self.reached.add(f"request:{REQ_TYPE_NAMES.get(t, 'UNKNOWN')}")
+        self.reached.add(f"status:{status.name if status is not None else 'UNWRITTEN'}")
         for observe in self.observers:
             observe(self, response, before)
         return response
