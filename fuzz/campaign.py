@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import io
 import json
 import os
 import queue
@@ -68,7 +69,15 @@ from . import options
 from .harness import PROGRESS_PREFIX, Settings, make_runner, planted
 from .outputs import unwritable
 from .program import MAX_BYTES, decode
-from .results import MAX_SIDECAR_BYTES, CampaignResult, Finding, coverage_table, format_result
+from .progress import Ticker
+from .results import (
+    MAX_SIDECAR_BYTES,
+    SLOW_SECONDS,
+    CampaignResult,
+    Finding,
+    coverage_table,
+    format_result,
+)
 from .runner import platform_for
 from .targets import TARGETS
 from .triage import classify
@@ -81,6 +90,7 @@ SEEDS_ROOT = Path(__file__).resolve().parent.parent / "corpora"
 HARNESSES = Path(__file__).resolve().with_name("harnesses")
 DICTIONARY = Path(__file__).resolve().with_name("vsmmu.dict")
 ARTIFACT_KINDS = ("crash", "timeout", "oom", "leak")  # libFuzzer's artifact prefixes
+SLOW_UNIT = "slow-unit-"  # libFuzzer's prefix for an input slower than -report_slow_units
 PROGRESS_TTY_EVERY = 0.5  # seconds between refreshes of the live line on a terminal
 PROGRESS_LOG_EVERY = 5.0  # seconds between progress lines otherwise
 UNREPRODUCED = f"{NO_CRASH}:unreproduced"  # an artifact whose replay is clean
@@ -93,7 +103,7 @@ def base_flags(artifacts: Path, *, dictionary: bool = True) -> list[str]:
     """The libFuzzer flags every `vsmmu fuzz` process starts from (and the
     benchmark's runs of it)."""
     flags = [f"-artifact_prefix={artifacts}{os.sep}", f"-max_len={DEFAULT_MAX_LEN}",
-             f"-timeout={DEFAULT_TIMEOUT}"]
+             f"-timeout={DEFAULT_TIMEOUT}", f"-report_slow_units={SLOW_SECONDS}"]
     if dictionary and DICTIONARY.is_file():
         flags.append(f"-dict={DICTIONARY}")
     return flags
@@ -263,8 +273,8 @@ class Worker:
 
     def feed(self, line: str) -> None:
         self.tail.append(line)
-        if "Test unit written to" in line:
-            self.found = True
+        if "Test unit written to" in line and SLOW_UNIT not in line:
+            self.found = True  # a finding (a slow input is reported, the run goes on)
         if m := _STATUS.match(line):
             self.execs = max(self.execs, int(m[1]))
             self.cov = max(self.cov, int(m[2]))
@@ -381,7 +391,7 @@ class Campaign:
             self.classifier = Classifier(self.o, settings)
             self.known_path = Path(tmp) / "known-signatures"
             self.start = None
-            start = time.monotonic()
+            start, wall_start = time.monotonic(), time.time()
             try:
                 self._scan_artifacts(settle=0.0)  # earlier campaigns' findings
                 self.start = start = time.monotonic()
@@ -398,6 +408,7 @@ class Campaign:
             except CampaignError as e:
                 errors.append(str(e))
             self._progress_done()
+            slow = self._slow_inputs(wall_start)
             # After a signal the summary should come quickly: a shorter replay.
             coverage, replayed = self._coverage(10.0 if self.interrupted else COVERAGE_BUDGET)
         workers = self._workers
@@ -409,7 +420,7 @@ class Campaign:
             cov=max((w.cov for w in workers), default=0),
             restarts=sum(w.restarts for w in workers), interrupted=self.interrupted,
             errors=errors, unreproduced=self.unreproduced, corpus_dir=str(self.corpus),
-            artifacts_dir=str(self.artifacts))
+            artifacts_dir=str(self.artifacts), slow_inputs=slow)
 
     def _signalled(self) -> bool:
         """SIGINT, SIGTERM or SIGHUP: the first one during the fuzzing stops it (True:
@@ -541,6 +552,14 @@ class Campaign:
                 known.duplicates += 1
         return new_signature
 
+    def _slow_inputs(self, since: float) -> list[str]:
+        """Inputs libFuzzer reported as slower than SLOW_SECONDS during this campaign."""
+        try:
+            return sorted(e.path for e in os.scandir(self.artifacts)
+                          if e.name.startswith(SLOW_UNIT) and e.stat().st_mtime >= since)
+        except OSError:
+            return []
+
     def _write_known(self) -> None:
         tmp = self.known_path.with_suffix(".tmp")
         tmp.write_text("".join(f"{sig}\n" for sig in self.findings))
@@ -582,12 +601,15 @@ class Campaign:
         end = time.monotonic() + budget
         replayed = 0
         signalled_before = self.interrupted
-        for path in _inputs(self.corpus, self.seeds):
+        inputs = _inputs(self.corpus, self.seeds)
+        ticker = Ticker(self.o.progress or io.StringIO(), prefix=f"vsmmu fuzz {self.o.target}")
+        for path in inputs:
             if time.monotonic() > end or self.interrupted != signalled_before:
                 break  # out of time, or a signal during the replay: what was replayed counts
             with open(path, "rb") as f:
                 reached |= runner.run(decode(f.read(MAX_BYTES))).coverage
             replayed += 1
+            ticker.tick(f"coverage: replayed {replayed}/{len(inputs)} inputs")
         return reached, replayed
 
 

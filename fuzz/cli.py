@@ -86,16 +86,19 @@ def _prove(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from fuzz.program import ProgramError, load, to_text
+    from fuzz.progress import Ticker, announce
     from fuzz.targets import runner_for
     from vsmmu.platform import PlatformError
 
     try:
         ops = load(args.program, raw=True if args.bytes else None)
-        runner = runner_for(args.target, args.platform, z3=not args.no_z3)
+        with announce(f"booting the {args.target} target", prefix="vsmmu check"):
+            runner = runner_for(args.target, args.platform, z3=not args.no_z3)
     except (ProgramError, PlatformError) as e:
         print(f"vsmmu check: {e}", file=sys.stderr)
         return 2
-    result = runner.run(ops)
+    ticker = Ticker(prefix="vsmmu check")
+    result = runner.run(ops, lambda done, total: ticker.tick(f"step {done}/{total}"))
     v = result.violation
     if args.json:
         print(json.dumps({

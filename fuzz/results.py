@@ -21,6 +21,7 @@ from vsmmu.arch.virtio_layouts import REQ_TYPE_NAMES, Status
 from . import exits
 
 MAX_SIDECAR_BYTES = 1 << 20  # ours are a few hundred bytes
+SLOW_SECONDS = 10  # an input slower than this is reported (libFuzzer -report_slow_units)
 
 @dataclass
 class Finding:
@@ -131,6 +132,7 @@ class CampaignResult:
     unreproduced: list[str] = field(default_factory=list)
     corpus_dir: str = ""  # where the corpus and the artifacts are (and stay)
     artifacts_dir: str = ""
+    slow_inputs: list[str] = field(default_factory=list)  # libFuzzer's slow-unit-* files
 
     @property
     def execs_per_sec(self) -> float:
@@ -160,6 +162,7 @@ class CampaignResult:
             "unreproduced": self.unreproduced,
             "coverage_groups": groups_of(self.target),
             "corpus_dir": self.corpus_dir, "artifacts_dir": self.artifacts_dir,
+            "slow_inputs": self.slow_inputs,
         }
 
 
@@ -182,6 +185,9 @@ def format_result(r: CampaignResult) -> str:
                      "writes regression tests (--emit-test DIR)")
     else:
         lines.append("findings: none")
+    if r.slow_inputs:
+        lines.append(f"slow inputs: {len(r.slow_inputs)} took over {SLOW_SECONDS} s each, e.g. "
+                     f"{r.slow_inputs[-1]} (vsmmu check --bytes FILE shows where the time goes)")
     if r.unreproduced:
         lines.append(f"unreproduced: {len(r.unreproduced)} artifact(s) libFuzzer wrote whose "
                      f"replay is clean, e.g. {r.unreproduced[0]}")

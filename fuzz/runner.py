@@ -167,11 +167,15 @@ class SessionRunner:
     def session(self) -> AbstractContextManager[Session]:
         raise NotImplementedError
 
-    def run(self, ops: list[ProgramOp]) -> RunResult:
+    def run(self, ops: list[ProgramOp],
+            progress: Callable[[int, int], None] | None = None) -> RunResult:
+        """Run `ops`, every check after each; `progress(done, total)` after each step."""
         with self.session() as s:
-            for op in ops:
+            for i, op in enumerate(ops):
                 if not s.step(op):
                     break
+                if progress is not None:
+                    progress(i + 1, len(ops))
             return s.finish()
 
 

@@ -59,6 +59,7 @@ from vsmmu.platform import PlatformError, dump_platform
 from . import options
 from .outputs import unwritable
 from .program import Op, ProgramError, encode, load, to_text
+from .progress import Ticker, announce
 from .runner import Runner, RunResult, platform_for
 from .targets import runner_for
 
@@ -385,10 +386,15 @@ class Report:
 
 
 def triage(paths: Iterable[str], runner: Runner, *, budget: float = DEFAULT_BUDGET,
-           max_runs: int = DEFAULT_MAX_RUNS, raw: bool | None = None) -> list[Report]:
-    """Replay, classify and minimize each file; unreadable files become error reports."""
+           max_runs: int = DEFAULT_MAX_RUNS, raw: bool | None = None,
+           ticker: Ticker | None = None) -> list[Report]:
+    """Replay, classify and minimize each file; unreadable files become error reports.
+    `ticker`: where to say which file it is at, when that takes a while."""
     reports = []
-    for path in paths:
+    paths = list(paths)
+    for i, path in enumerate(paths):
+        if ticker is not None:
+            ticker.tick(f"input {i + 1}/{len(paths)}: {_shown(path)}")
         try:
             ops = load(path, raw=raw)
         except ProgramError as e:
@@ -479,12 +485,13 @@ def main(args: argparse.Namespace) -> int:
         if why := unwritable(Path(args.emit_test), "--emit-test"):
             return _fail(why)  # before minimizing anything: no work is lost
     try:
-        runner = runner_for(args.target, args.platform, z3=not args.no_z3)
+        with announce(f"booting the {args.target} target", prefix="vsmmu triage"):
+            runner = runner_for(args.target, args.platform, z3=not args.no_z3)
     except Violation as v:  # the model fails before any input runs
         print(f"vsmmu triage: the platform breaks an invariant at boot: {v}", file=sys.stderr)
         return 1
     reports = triage(args.files, runner, budget=args.budget, max_runs=args.max_runs,
-                     raw=True if args.bytes else None)
+                     raw=True if args.bytes else None, ticker=Ticker(prefix="vsmmu triage"))
     by_signature = groups(reports)
     emitted: dict[str, Path] = {}
     not_written: list[str] = []  # tests that could not be written, or were kept as they are

@@ -291,3 +291,40 @@ def test_virtio_iommu_requests_are_coverage():
     reached = runner_for("virtio-iommu", z3=False).run(
         list(seeds()["viommu-map-unmap"][1])).coverage
     assert {"viommu.request:MAP", "viommu.request:UNMAP", "viommu.status:OK"} <= reached
+
+
+def test_long_waits_say_what_they_are_doing(tmp_path, monkeypatch, capsys):
+    from fuzz import progress
+
+    monkeypatch.setattr(progress, "QUIET_FOR", 0.0)
+    prog = tmp_path / "prog.txt"
+    prog.write_text("\n".join(CLEAN * 3) + "\n")
+    assert main(["check", str(prog)]) == exits.CLEAN
+    err = capsys.readouterr().err
+    assert "vsmmu check: [" in err and "step 3/3" in err
+    monkeypatch.setattr(progress, "QUIET_FOR", 0.05)
+    with progress.announce("booting", prefix="t"):
+        time.sleep(0.3)
+    with progress.announce("quick", prefix="t"):
+        pass
+    time.sleep(0.1)
+    err = capsys.readouterr().err
+    assert "t: booting...\n" in err and "t: booting: done in" in err and "quick" not in err
+
+
+def test_slow_inputs_are_reported_and_are_not_findings(tmp_path):
+    for d in ("corpus", "artifacts"):
+        (tmp_path / d).mkdir()
+    slow = tmp_path / "artifacts" / "slow-unit-0123"
+    slow.write_bytes(encode(parse("\n".join(CLEAN))))
+    later = time.time() + 3600  # as if libFuzzer wrote it during the campaign
+    os.utime(slow, (later, later))
+    result = run_campaign(CampaignOptions(
+        runs=5, z3=False, corpus=str(tmp_path / "corpus"),
+        artifacts=str(tmp_path / "artifacts"), seeds=str(tmp_path / "corpus")))
+    assert result.slow_inputs == [str(slow)] and result.findings == []
+    assert result.exit_code == exits.CLEAN and result.as_dict()["slow_inputs"] == [str(slow)]
+    assert "slow inputs: 1 took over 10 s each" in format_result(result)
+    worker = campaign.Worker(0, None)
+    worker.feed("artifact_prefix='a/'; Test unit written to a/slow-unit-0123")
+    assert not worker.found  # the worker goes on: not a finding to restart after
