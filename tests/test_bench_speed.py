@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import pytest
 
@@ -93,3 +94,19 @@ def test_main_json_is_clean_stdout(monkeypatch, capsys, result):
     assert bench_speed.main(parser.parse_args([])) == 0
     out, _ = capsys.readouterr()
     assert out.strip() == bench_speed.format_text(result)
+
+
+def test_soak_reads_the_corpus_and_puts_first_and_last_minute_side_by_side(tmp_path):
+    from fuzz.bench import soak
+    from fuzz.program import encode, parse
+
+    one = "step count=0x1"
+    (tmp_path / "a").write_bytes(encode(parse(one)))
+    (tmp_path / "b").write_bytes(encode(parse("\n".join([one] * 3))))
+    n, mean_bytes, mean_ops = soak._corpus_shape(tmp_path)
+    assert (n, mean_ops) == (2, 2.0) and mean_bytes == len(encode(parse(one))) * 2
+    text = soak.format_text([soak.Minute(1, 40.0, 100.0, 10, 300.0, 20.0),
+                             soak.Minute(2, 20.0, 150.0, 30, 600.0, 40.0)])
+    assert "execs/s 40 -> 20 (x0.50), RSS 100 -> 150 MiB (x1.50)" in text
+    assert "mean ops per input 20 -> 40" in text
+    assert soak._tree_rss_kib(os.getpid()) > 0

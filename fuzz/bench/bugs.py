@@ -59,7 +59,7 @@ from pathlib import Path
 from .. import options
 from ..campaign import HARNESSES, SEEDS_ROOT, base_flags
 from ..harness import Settings
-from . import speed
+from . import soak, speed
 from .plants import PLANTS
 
 FUZZERS = ("ours", "atheris-plain", "hypothesis")
@@ -306,11 +306,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p = sub.add_parser("speed", help="execs/s per harness, translations/s, Z3 costs")
     speed.add_arguments(p)
+    p = sub.add_parser("soak", help="a long default campaign: execs/s, memory and corpus "
+                       "minute by minute (default an hour)")
+    soak.add_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
     if args.bench == "speed":
         return speed.main(args)
+    if args.bench == "soak":
+        return soak.main(args)
     bugs = args.bugs.split(",") if args.bugs else list(PLANTS)
     fuzzers = args.fuzzers.split(",")
     for name, known, what in ((bugs, PLANTS, "planted bug"), (fuzzers, FUZZERS, "fuzzer")):
