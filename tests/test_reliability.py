@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -328,3 +329,33 @@ def test_slow_inputs_are_reported_and_are_not_findings(tmp_path):
     worker = campaign.Worker(0, None)
     worker.feed("artifact_prefix='a/'; Test unit written to a/slow-unit-0123")
     assert not worker.found  # the worker goes on: not a finding to restart after
+
+
+def _qemus_of(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == pid and b"qemu-system-aarch64" in cmd:
+                out.append(int(entry.name))
+    return out
+
+
+@pytest.mark.skipif(not shutil.which("qemu-system-aarch64"), reason="QEMU is not installed")
+def test_killing_diff_qemu_leaves_no_qemu_running():
+    proc = subprocess.Popen([*VSMMU, "diff-qemu", "--cases", "100000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=Path(__file__).resolve().parents[1])
+    end = time.monotonic() + 60
+    while not (qemus := _qemus_of(proc.pid)) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert qemus, "diff-qemu never started QEMU"
+    proc.kill()
+    proc.wait(timeout=10)
+    assert _gone(lambda: [q for q in qemus if Path(f"/proc/{q}").exists()
+                          and b"qemu" in Path(f"/proc/{q}/cmdline").read_bytes()], 10)

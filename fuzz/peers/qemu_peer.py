@@ -171,6 +171,14 @@ class _MemPort:
         self.write(addr, value.to_bytes(size, "little"))
 
 
+# QEMU outlives a closed qtest socket, so a diff-qemu killed outright (SIGKILL, a CI
+# time-out) would leave it running: util-linux's setpriv makes the kernel kill it
+# when the process that spawned it dies (PR_SET_PDEATHSIG; spawn runs on the main
+# thread, which lives as long as the process), then execs QEMU in place.
+_SETPRIV = shutil.which("setpriv")
+_DIE_WITH_US = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
+
+
 def _cleanup(proc: subprocess.Popen | None, sock: socket.socket | None, tmp: str | None) -> None:
     """Last-resort cleanup (also run by the finalizer if `close` never was)."""
     if sock is not None:
@@ -260,7 +268,7 @@ class QemuPeer:
                 "-device", "edu,dma_mask=0xffffffffffffffff",
             ]
             self._stderr = open(os.path.join(self.tmp, "stderr"), "w+b")  # noqa: SIM115
-            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen(_DIE_WITH_US + args, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=self._stderr,
                                          cwd=self.tmp, start_new_session=True)
             self._finalizer = weakref.finalize(self, _cleanup, self.proc, None, self.tmp)
