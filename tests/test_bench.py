@@ -110,3 +110,16 @@ def test_plot_draws_a_png_when_matplotlib_is_there(tmp_path):
     path = tmp_path / "bugs.png"
     bench.plot(summarize(_trials(), seeds=3, budget=30.0), str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_overall_comparison_counts_every_bug_and_every_miss():
+    """Budget 30 s, 3 seeds.  Ours: 2, 4, 9 s; PAR-2 mean (2+4+9)/3 = 5.0 s; area
+    (28+26+21)/30/3 = 0.833.  Hypothesis: 1 s and two misses at 2 x 30 s: (1+60+60)/3 =
+    40.33 s; area 29/30/3 = 0.322.  PAR-2 ratio 40.33/5 = x8.1, where the found-by-both
+    ratio only sees hypothesis's one lucky 1 s run."""
+    out = summarize(_trials(), seeds=3, budget=30.0)
+    assert out["overall"]["ours"] == {"par2_s": {"nsnh-all-global": 5.0}, "found_area": 0.833}
+    assert out["overall"]["hypothesis"] == {"par2_s": {"nsnh-all-global": 40.33},
+                                            "found_area": 0.322}
+    text = format_text(out)
+    assert "PAR-2 time x8.1 ours" in text and "found-over-time area 0.322 vs ours 0.833" in text

@@ -204,7 +204,28 @@ def summarize(trials: list[Trial], seeds: int, budget: float) -> dict:
             "correct_model_findings": sum(1 for t in trials
                                           if t.bug is None and t.seconds is not None),
             "budget_s": budget,
+            "overall": {f: _overall([t for t in trials if t.fuzzer == f and t.bug], bugs,
+                                    seeds, budget) for f in ("ours", *rows)},
             "trials": [asdict(t) for t in trials]}
+
+
+MISS_PENALTY = 2  # a run that found nothing counts as this many budgets (PAR-2)
+
+
+def _overall(trials: list[Trial], bugs: list[str], seeds: int, budget: float) -> dict:
+    """Every bug counted, the hard ones too.  `par2_s`: per bug the mean time to find
+    over its seeds, a miss counted as MISS_PENALTY budgets (a miss costs more than the
+    slowest find); `found_area`: the area under the found-runs-over-time curve, as a
+    fraction of all runs times the budget (1: every run found its bug at once)."""
+    per_bug, area = {}, 0.0
+    for bug in bugs:
+        found = [t.seconds for t in trials if t.bug == bug and t.seconds is not None]
+        misses = seeds - len(found)
+        per_bug[bug] = (sum(found) + misses * MISS_PENALTY * budget) / seeds
+        area += sum(max(0.0, budget - s) for s in found) / budget
+    runs = len(bugs) * seeds
+    return {"par2_s": {b: round(v, 2) for b, v in per_bug.items()},
+            "found_area": round(area / runs, 3) if runs else None}
 
 
 def _row(bug: str, trials: list[Trial], seeds: int) -> dict:
@@ -247,6 +268,8 @@ def format_text(result: dict) -> str:
         out.append(f"{f:14} bugs found by every seed {every}/{len(rows)}, by some {some}, "
                    f"runs {runs}/{sum(r['seeds'] for r in rows)}"
                    + ("" if f == "ours" else f"; time to find / ours: {_ratio(rows, table)}"))
+        if "overall" in result and f != "ours":
+            out.append(" " * 15 + "over every bug: " + _overall_ratio(result["overall"], f))
     out.append(f"correct model: {result['correct_model_findings']} findings")
     return "\n".join(out)
 
@@ -259,6 +282,17 @@ def _ratio(rows: list[dict], table: dict) -> str:
         return "n/a (no bug found by both)"
     mean = math.exp(sum(math.log(b / o) for b, o in pairs) / len(pairs))
     return f"x{mean:.2g} (geometric mean over the {len(pairs)} bugs both found)"
+
+
+def _overall_ratio(overall: dict, f: str) -> str:
+    """The baseline against ours over every bug: the geometric mean of PAR-2 times
+    (a miss counted as MISS_PENALTY budgets), and the found-over-time areas."""
+    ours, theirs = overall["ours"], overall[f]
+    pairs = [(theirs["par2_s"][b], o) for b, o in ours["par2_s"].items() if o > 0]
+    par2 = math.exp(sum(math.log(t / o) for t, o in pairs) / len(pairs)) if pairs else math.nan
+    return (f"PAR-{MISS_PENALTY} time x{par2:.2g} ours (geometric mean over {len(pairs)} bugs, "
+            f"a miss counted as {MISS_PENALTY}x the budget); found-over-time area "
+            f"{theirs['found_area']:g} vs ours {ours['found_area']:g}")
 
 
 def plot(result: dict, path: str) -> None:
