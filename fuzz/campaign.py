@@ -65,7 +65,8 @@ from typing import TextIO
 from properties.violations import NO_CRASH
 from vsmmu.platform import PlatformError
 
-from . import options
+from . import options, sarif
+from . import version as fuzz_version
 from .harness import PROGRESS_PREFIX, Settings, make_runner, planted
 from .outputs import unwritable
 from .program import MAX_BYTES, decode
@@ -158,6 +159,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-z3", action="store_true", help="skip the Z3 state checks")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (the progress line goes to stderr)")
+    options.add_sarif(parser)
     parser.add_argument("libfuzzer_args", nargs="*", metavar="-- FLAG",
                         help="after --: raw libFuzzer flags, passed through "
                         "(e.g. -- -max_len=2048 -use_value_profile=1)")
@@ -174,10 +176,20 @@ def options_from_args(args: argparse.Namespace) -> CampaignOptions:
 def main(args: argparse.Namespace) -> int:
     """`vsmmu fuzz`: 0 nothing found, 1 findings, 2 a usage or input error."""
     try:
+        if args.sarif and (why := sarif.check_destination(args.sarif)):
+            raise CampaignError(why)
         result = run_campaign(options_from_args(args))
     except CampaignError as e:
         print(f"vsmmu fuzz: {e}", file=sys.stderr)
         return 2
+    if args.sarif:
+        rules = sarif.invariant_rules()
+        found = [sarif.finding(rules, f.invariant, f.signature, f.step, f.witness, [f.artifact])
+                 for f in result.findings]
+        try:
+            sarif.write(args.sarif, sarif.log(rules, found, version=fuzz_version()))
+        except OSError as e:
+            result.errors.append(f"cannot write {args.sarif}: {e.strerror or e}")
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
     else:

@@ -15,9 +15,8 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from importlib import metadata
 
-from . import exits
+from . import exits, version
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -64,16 +63,29 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _prove(args: argparse.Namespace) -> int:
+    from fuzz import sarif
     from properties.proofs import prove_all
     from vsmmu.hyp.hypervisor import Hypervisor
     from vsmmu.platform import PlatformError
 
+    _check_reports(args)
     platform = _load_platform(args)
     try:
         hyp = Hypervisor(platform) if platform else None
     except PlatformError as e:  # one the hypervisor cannot boot
         raise UsageError(str(e)) from None
     results = prove_all(hyp, timeout_ms=args.timeout * 1000)
+    if args.sarif:
+        rules = sarif.invariant_rules()
+        failed = [sarif.result(
+            r.property, rules,
+            f"{r.property} {r.result} for {r.subject}" + "".join(
+                f", {k}={v}" for k, v in (r.counterexample or {}).items()),
+            [{"logicalLocations": [{"name": r.subject, "kind": "module"}]}],
+            f"proof:{r.property}:{r.subject}:{r.result}",
+            level="error" if r.result == "violated" else "warning")
+            for r in results if r.result != "proved"]
+        _write_report(args.sarif, sarif.log(rules, failed, version=version()))
     if args.json:
         print(json.dumps({"proofs": [r.as_dict() for r in results]}, indent=2))
     else:
@@ -85,11 +97,14 @@ def _prove(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from fuzz import sarif
     from fuzz.program import ProgramError, load, to_text
     from fuzz.progress import Ticker, announce
     from fuzz.targets import runner_for
+    from fuzz.triage import signature
     from vsmmu.platform import PlatformError
 
+    _check_reports(args)
     try:
         ops = load(args.program, raw=True if args.bytes else None)
         with announce(f"booting the {args.target} target", prefix="vsmmu check"):
@@ -118,7 +133,31 @@ def _check(args: argparse.Namespace) -> int:
             print(f"VIOLATION {v}")
             if result.traceback:
                 print(result.traceback, end="")
+    if args.sarif:
+        rules = sarif.invariant_rules()
+        found = [] if v is None else [sarif.finding(
+            rules, v.invariant, signature(v, result.traceback), v.step,
+            v.as_dict()["witness"], [args.program])]
+        _write_report(args.sarif, sarif.log(rules, found, version=version()))
     return 0 if v is None else 1
+
+
+def _check_reports(args: argparse.Namespace) -> None:
+    """The report files a command writes must be writable, before any work."""
+    from fuzz import sarif
+
+    for path in (getattr(args, "sarif", None), getattr(args, "junit", None)):
+        if path and (why := sarif.check_destination(path)):
+            raise UsageError(why)
+
+
+def _write_report(path: str, data: dict) -> None:
+    from fuzz import sarif
+
+    try:
+        sarif.write(path, data)
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _corpus_merge(args: argparse.Namespace) -> int:
@@ -163,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 clean, 1 findings, 2 usage or input error, 3 internal "
         "error, 130 interrupted",
     )
-    parser.add_argument("--version", action="version", version=f"vsmmu {_version()}")
+    parser.add_argument("--version", action="version", version=f"vsmmu {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("demo", help="drive the SMMUv3 model: translations, faults, events")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -174,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="S", help="Z3 time limit per proof, seconds (default 30); a "
                    "timeout is 'unknown'")
     options.add_platform(p, " (proved per guest and vSMMU of that platform)")
+    options.add_sarif(p)
     p.set_defaults(func=_prove)
     p = sub.add_parser("check", help="replay a fuzz program with every invariant on")
     p.add_argument("program", help="a program file: text (UTF-8), or the bytes "
@@ -185,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_target(p, "the program came from")
     p.add_argument("--no-z3", action="store_true", help="skip the Z3 state checks")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    options.add_sarif(p)
     p.set_defaults(func=_check)
     for name, module, text in DELEGATED:
         p = sub.add_parser(name, help=text)
@@ -205,12 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _version() -> str:
-    try:
-        return metadata.version("vsmmu")
-    except metadata.PackageNotFoundError:
-        return "unknown (not installed)"
-
 
 def _internal_error(e: Exception) -> int:
     """A bug of ours: one line for the user, the traceback in a file to report."""
@@ -218,7 +253,7 @@ def _internal_error(e: Exception) -> int:
     try:
         with tempfile.NamedTemporaryFile("w", prefix=f"vsmmu-internal-error-{stamp}-",
                                          suffix=".log", delete=False) as log:
-            log.write(f"vsmmu {_version()}, argv {sys.argv!r}\n")
+            log.write(f"vsmmu {version()}, argv {sys.argv!r}\n")
             log.write(traceback.format_exc())
         where = f"the traceback is in {log.name}"
     except OSError as oe:

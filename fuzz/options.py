@@ -69,3 +69,8 @@ def add_target(parser: argparse.ArgumentParser, what: str, default: str = "syste
                         help=f"the fuzz target {what} (default {default}; virtio-iommu: its "
                         "platform of virtio-iommu guests, unless --platform is given; smmu: "
                         "the physical SMMU alone)")
+
+
+def add_sarif(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sarif", metavar="FILE", help="also write the findings as a SARIF "
+                        "2.1.0 log (for code scanning)")

@@ -252,6 +252,15 @@ def load(path: str, *, raw: bool | None = None) -> list[Op]:
     return read_program(data, raw=raw, where=path)
 
 
+def op_lines(data: bytes) -> list[int] | None:
+    """The line number of each operation of program text (reports point at the
+    operation that failed); None for a fuzz input's bytes."""
+    if not data or not _CONTROL.isdisjoint(data):
+        return None
+    text = data.removeprefix(_BOM).decode("utf-8", errors="replace")
+    return [n for n, line in enumerate(text.splitlines(), 1) if line.split("#", 1)[0].strip()]
+
+
 def read_program(data: bytes, *, raw: bool | None = None, where: str = "program") -> list[Op]:
     """The program in a file's bytes, as `load` reads it (`where` names the file in
     errors)."""

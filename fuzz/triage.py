@@ -56,7 +56,7 @@ from vsmmu.arch.layouts import EVENT, Event
 from vsmmu.arch.layouts import Op as Opcode
 from vsmmu.platform import PlatformError, dump_platform
 
-from . import options
+from . import options, sarif
 from .outputs import unwritable
 from .program import Op, ProgramError, encode, load, to_text
 from .progress import Ticker, announce
@@ -461,6 +461,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--emit-test", metavar="DIR",
                         help="write a pytest regression test per group into DIR")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    options.add_sarif(parser)
 
 
 
@@ -477,6 +478,8 @@ def main(args: argparse.Namespace) -> int:
         platform = platform_for(args.target, args.platform)
     except PlatformError as e:
         return _fail(str(e))
+    if args.sarif and (why := sarif.check_destination(args.sarif)):
+        return _fail(why)
     if args.emit_test:
         try:
             Path(args.emit_test).mkdir(parents=True, exist_ok=True)
@@ -511,6 +514,15 @@ def main(args: argparse.Namespace) -> int:
             print(f"vsmmu triage: {_shown(r.error)}", file=sys.stderr)
     for message in not_written:
         print(f"vsmmu triage: {_shown(message)}", file=sys.stderr)
+    if args.sarif:
+        rules = sarif.invariant_rules()
+        results = [sarif.finding(rules, m[0].finding.invariant, sig, m[0].finding.step,
+                                 m[0].finding.witness, [r.file for r in m])
+                   for sig, m in by_signature.items()]
+        try:
+            sarif.write(args.sarif, sarif.log(rules, results, version=fuzz.version()))
+        except OSError as e:
+            return _fail(f"cannot write {args.sarif}: {e.strerror or e}")
     if args.json:
         print(json.dumps({"inputs": [r.as_dict() for r in reports], "groups": len(by_signature),
                           "tests": {s: str(p) for s, p in emitted.items()}}, indent=2))

@@ -26,6 +26,36 @@ INVARIANTS = (
     EVENT_CONFINEMENT, HYP_WRITE_CONFINEMENT, HYP_READ_CONFINEMENT, MSI_CONFINEMENT,
     UNMAP_COMPLETION, REQUEST_ATOMICITY, NO_CRASH,
 )
+ORACLES = (FAULT_REPORTING, STREAM_BOUNDS, QUEUE_PROTOCOL)
+
+# What each name promises, in one line (reports: the rule text of a SARIF log).
+STATEMENTS = {
+    NO_CROSS_GUEST_DMA: "every DMA of a guest's stream touches only the guest's pages or its "
+                        "MSI doorbell",
+    S2_AUTHORITY: "every live physical STE of a guest stream is abort, stage-2 only or nested "
+                  "with the hypervisor's stage 2 and the guest's VMID",
+    S2_CONTAINMENT: "for all IPAs, a guest's stage-2 output lies in the guest's pages",
+    TLB_CONTAINMENT: "no cached translation or configuration lets a guest's stream reach "
+                     "memory outside the guest",
+    CMD_CONFINEMENT: "a physical command issued for a guest affects only its StreamIDs and "
+                     "VMID",
+    EVENT_CONFINEMENT: "a guest's event queue receives only records about its streams, with "
+                       "vSIDs and no host or other-guest address",
+    HYP_WRITE_CONFINEMENT: "what the hypervisor or SMMU writes for a guest lands only in the "
+                           "guest's memory, after stage 2",
+    HYP_READ_CONFINEMENT: "what the hypervisor or SMMU reads for a guest comes only from the "
+                          "guest's memory, after stage 2",
+    MSI_CONFINEMENT: "MSIs from a guest's devices reach only its doorbell with its device IDs",
+    UNMAP_COMPLETION: "after a virtio-iommu UNMAP completes, nothing of its range stays "
+                      "reachable",
+    REQUEST_ATOMICITY: "a virtio-iommu request answered with an error changed nothing",
+    NO_CRASH: "malformed input never raises an unexpected exception, hangs or exhausts memory",
+    FAULT_REPORTING: "a recordable fault is recorded (and one CD.R=0 or STE.S2R=0 suppresses "
+                     "is not)",
+    STREAM_BOUNDS: "a StreamID beyond the stream table ends in C_BAD_STREAMID",
+    QUEUE_PROTOCOL: "illegal commands stop the command queue, which then stays put; no queue "
+                    "is overrun",
+}
 
 
 class Violation(Exception):
