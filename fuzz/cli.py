@@ -15,6 +15,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 from . import exits, version
 
@@ -63,7 +64,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _prove(args: argparse.Namespace) -> int:
-    from fuzz import sarif
+    from fuzz import junit, sarif
     from properties.proofs import prove_all
     from vsmmu.hyp.hypervisor import Hypervisor
     from vsmmu.platform import PlatformError
@@ -86,6 +87,12 @@ def _prove(args: argparse.Namespace) -> int:
             level="error" if r.result == "violated" else "warning")
             for r in results if r.result != "proved"]
         _write_report(args.sarif, sarif.log(rules, failed, version=version()))
+    if args.junit:
+        cases = [junit.Case(f"vsmmu.prove.{r.property}", r.subject, r.seconds, None
+                            if r.result == "proved" else (r.result, f"{r.property} {r.result} "
+                            f"for {r.subject}", json.dumps(r.counterexample or {})))
+                 for r in results]
+        _write_report(args.junit, junit.suite("vsmmu prove", cases))
     if args.json:
         print(json.dumps({"proofs": [r.as_dict() for r in results]}, indent=2))
     else:
@@ -97,7 +104,7 @@ def _prove(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from fuzz import sarif
+    from fuzz import junit, sarif
     from fuzz.program import ProgramError, load, to_text
     from fuzz.progress import Ticker, announce
     from fuzz.targets import runner_for
@@ -114,6 +121,7 @@ def _check(args: argparse.Namespace) -> int:
         return 2
     ticker = Ticker(prefix="vsmmu check")
     result = runner.run(ops, lambda done, total: ticker.tick(f"step {done}/{total}"))
+    seconds = time.monotonic() - ticker.start
     v = result.violation
     if args.json:
         print(json.dumps({
@@ -139,6 +147,10 @@ def _check(args: argparse.Namespace) -> int:
             rules, v.invariant, signature(v, result.traceback), v.step,
             v.as_dict()["witness"], [args.program])]
         _write_report(args.sarif, sarif.log(rules, found, version=version()))
+    if args.junit:
+        failure = None if v is None else (v.invariant, str(v), result.traceback or "")
+        case = junit.Case(f"vsmmu.check.{args.target}", args.program, seconds, failure)
+        _write_report(args.junit, junit.suite("vsmmu check", [case]))
     return 0 if v is None else 1
 
 
@@ -151,11 +163,15 @@ def _check_reports(args: argparse.Namespace) -> None:
             raise UsageError(why)
 
 
-def _write_report(path: str, data: dict) -> None:
+def _write_report(path: str, data: dict | str) -> None:
+    """A SARIF log (a dict) or a JUnit report (XML text) into `path`."""
     from fuzz import sarif
 
     try:
-        sarif.write(path, data)
+        if isinstance(data, str):
+            Path(path).write_text(data)
+        else:
+            sarif.write(path, data)
     except OSError as e:
         raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
 
@@ -214,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "timeout is 'unknown'")
     options.add_platform(p, " (proved per guest and vSMMU of that platform)")
     options.add_sarif(p)
+    options.add_junit(p, "a test case per proof and subject")
     p.set_defaults(func=_prove)
     p = sub.add_parser("check", help="replay a fuzz program with every invariant on")
     p.add_argument("program", help="a program file: text (UTF-8), or the bytes "
@@ -226,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-z3", action="store_true", help="skip the Z3 state checks")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     options.add_sarif(p)
+    options.add_junit(p, "a test case for the program")
     p.set_defaults(func=_check)
     for name, module, text in DELEGATED:
         p = sub.add_parser(name, help=text)

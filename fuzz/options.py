@@ -74,3 +74,7 @@ def add_target(parser: argparse.ArgumentParser, what: str, default: str = "syste
 def add_sarif(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sarif", metavar="FILE", help="also write the findings as a SARIF "
                         "2.1.0 log (for code scanning)")
+
+
+def add_junit(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--junit", metavar="FILE", help=f"also write a JUnit XML report: {what}")

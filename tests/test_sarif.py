@@ -114,3 +114,23 @@ def test_a_campaign_reports_its_findings_in_sarif(tmp_path):
     assert res["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == \
         crash.as_posix()
     assert "region" not in res["locations"][0]["physicalLocation"]  # bytes: no lines
+
+
+def test_junit_reports_a_case_per_proof_and_per_program(tmp_path, program):
+    import xml.etree.ElementTree as ET
+
+    proofs = tmp_path / "prove.xml"
+    assert main(["prove", "--junit", str(proofs)]) == exits.CLEAN
+    suite = ET.parse(proofs).getroot().find("testsuite")
+    cases = suite.findall("testcase")
+    assert suite.get("failures") == "0" and int(suite.get("tests")) == len(cases) >= 5
+    assert {c.get("classname") for c in cases} >= {"vsmmu.prove.s2-authority",
+                                                   "vsmmu.prove.cmd-confinement"}
+    report = tmp_path / "check.xml"
+    with planted("stream-table-unbounded"):
+        assert main(["check", "--target", "smmu", "--junit", str(report), str(program)]) == \
+            exits.FINDINGS
+    [case] = ET.parse(report).getroot().iter("testcase")
+    assert (case.get("classname"), case.get("name")) == ("vsmmu.check.smmu", str(program))
+    failure = case.find("failure")
+    assert failure.get("type") == "stream-bounds" and "sid=0x8" in failure.get("message")
