@@ -134,3 +134,17 @@ def test_junit_reports_a_case_per_proof_and_per_program(tmp_path, program):
     assert (case.get("classname"), case.get("name")) == ("vsmmu.check.smmu", str(program))
     failure = case.find("failure")
     assert failure.get("type") == "stream-bounds" and "sid=0x8" in failure.get("message")
+
+
+@pytest.mark.skipif(not __import__("shutil").which("qemu-system-aarch64"),
+                    reason="QEMU is not installed")
+def test_diff_qemu_sarif_has_a_rule_per_divergence_class(tmp_path):
+    out = tmp_path / "diff.sarif"
+    # cases 37 and 101 of seed 0 diverge by documented QEMU deviations (known rows)
+    assert main(["diff-qemu", "--start", "37", "--cases", "1", "--sarif", str(out)]) == \
+        exits.CLEAN
+    run = _sarif(out)["runs"][0]
+    ids = {r["id"] for r in run["tool"]["driver"]["rules"]}
+    assert {"unexplained-divergence", "cmd-stall-ignored"} <= ids
+    assert run["results"] and all(r["level"] == "note" for r in run["results"])
+    assert "--seed 0 --start 37 --cases 1" in run["results"][0]["message"]["text"]

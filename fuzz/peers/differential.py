@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .. import options
+from .. import options, sarif, version
 from .comparison import Observation, compare
 from .divergences import EXPLAINED, KNOWN, PEER_CRASH, CaseResult, classify
 from .execution import ModelTarget, QemuTarget, execute
@@ -177,6 +177,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "qemu-system-aarch64 on PATH)")
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="text mode: print every divergence's differences")
+    options.add_sarif(parser)
 
 
 def _resolve_qemu(path: str | None) -> str | None:
@@ -192,6 +193,9 @@ def main(args: argparse.Namespace) -> int:
         what = args.qemu or os.environ.get("QEMU") or "qemu-system-aarch64"
         print(f"vsmmu diff-qemu: {what} not found (install it: apt-get install "
               "qemu-system-arm, or pass --qemu PATH)", file=sys.stderr)
+        return 2
+    if args.sarif and (why := sarif.check_destination(args.sarif)):
+        print(f"vsmmu diff-qemu: {why}", file=sys.stderr)
         return 2
     progress = None
     if not args.json and sys.stderr.isatty():
@@ -209,7 +213,48 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_dict(), indent=2))
     else:
         print(format_text(report, verbose=args.verbose))
+    if args.sarif:
+        try:
+            sarif.write(args.sarif, sarif_log(report))
+        except OSError as e:
+            print(f"vsmmu diff-qemu: cannot write {args.sarif}: {e.strerror or e}",
+                  file=sys.stderr)
+            return 2
     return 1 if report.unexplained else 0
+
+
+UNEXPLAINED_RULE = "unexplained-divergence"
+
+
+def sarif_log(report: Report) -> dict:
+    """A rule per divergence class (each known row, with the architecture's rule
+    and what QEMU does; and the unexplained); a result per unexplained case
+    (error: the model or QEMU is wrong and nobody knows which yet) and one per known
+    row that fired, with its count (note: a documented QEMU deviation)."""
+    rules = [{"id": UNEXPLAINED_RULE, "shortDescription": {
+        "text": "our SMMUv3 and QEMU's disagree and no known row explains it"},
+        "defaultConfiguration": {"level": "error"}}]
+    rules += [{"id": k.id, "shortDescription": {"text": k.rule},
+               "fullDescription": {"text": f"QEMU: {k.qemu}"},
+               "defaultConfiguration": {"level": "note"}} for k in KNOWN.values()]
+    case = "vsmmu diff-qemu --seed {s} --start {i} --cases 1"
+    results = []
+    for r in report.unexplained:
+        replay = case.format(s=r.scenario.seed, i=r.scenario.index)
+        results.append(sarif.result(
+            UNEXPLAINED_RULE, rules,
+            f"{r.scenario.name}: {'; '.join(d.aspect for d in r.diffs)} (replay: {replay})",
+            [{"logicalLocations": [{"name": r.scenario.name, "kind": "module"}]}],
+            f"diff-qemu:{r.scenario.seed}:{r.scenario.index}"))
+    for known, n in sorted(Counter(k for r in report.divergent for k in r.known).items()):
+        if known in KNOWN:
+            first = next(r for r in report.divergent if known in r.known)
+            results.append(sarif.result(
+                known, rules, f"{n} case(s), e.g. {first.scenario.name} (replay: "
+                f"{case.format(s=first.scenario.seed, i=first.scenario.index)})",
+                [{"logicalLocations": [{"name": "QEMU", "kind": "module"}]}],
+                f"diff-qemu:{known}", level="note"))
+    return sarif.log(rules, results, version=version())
 
 
 def format_text(report: Report, *, verbose: bool = False) -> str:
