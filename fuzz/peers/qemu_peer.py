@@ -197,6 +197,15 @@ def _cleanup(proc: subprocess.Popen | None, sock: socket.socket | None, tmp: str
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# The machine every peer runs: the virt board with its SMMUv3 and an edu device as DMA
+# master, deterministic time.  A qtest reproducer (fuzz/peers/reproducer.py) runs the
+# same one.
+MACHINE_ARGS = ("-machine", "virt,iommu=smmuv3", "-cpu", "cortex-a57", "-m",
+                f"{RAM_SIZE >> 20}M", "-icount", "shift=0,sleep=off", "-nodefaults",
+                "-display", "none", "-serial", "none",
+                "-device", "edu,dma_mask=0xffffffffffffffff")
+
+
 class QemuPeer:
     """One QEMU process: the virt machine with its SMMUv3 and an edu device."""
 
@@ -226,6 +235,8 @@ class QemuPeer:
         self._srv: socket.socket | None = None
         self._stderr = None
         self._t0 = 0.0
+        # Every qtest command sent and QEMU's answer, in order: a reproducer replays it.
+        self.transcript: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> QemuPeer:
@@ -259,14 +270,8 @@ class QemuPeer:
         try:
             srv.bind(sock_path)
             srv.listen(1)
-            args = [
-                self.binary, "-machine", "virt,iommu=smmuv3", "-cpu", "cortex-a57",
-                "-m", f"{RAM_SIZE >> 20}M", "-bios", bios,
-                "-icount", "shift=0,sleep=off", "-nodefaults", "-display", "none",
-                "-serial", "none",
-                "-qtest", f"unix:{sock_path}", "-qtest-log", "none",
-                "-device", "edu,dma_mask=0xffffffffffffffff",
-            ]
+            args = [self.binary, *MACHINE_ARGS, "-bios", bios, "-qtest", f"unix:{sock_path}",
+                    "-qtest-log", "none"]
             self._stderr = open(os.path.join(self.tmp, "stderr"), "w+b")  # noqa: SIM115
             self.proc = subprocess.Popen(_DIE_WITH_US + args, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=self._stderr,
@@ -415,6 +420,7 @@ class QemuPeer:
             if line.startswith("IRQ"):  # only with irq_intercept_*, which we never ask for
                 continue
             if line == "OK" or line.startswith("OK "):
+                self.transcript.append((command, line))
                 return line[3:]
             raise PeerError(f"qtest {command[:80]!r} -> {line[:200]!r}")
 
