@@ -68,7 +68,7 @@ from vsmmu.platform import PlatformError
 from . import options, sarif
 from . import version as fuzz_version
 from .harness import PROGRESS_PREFIX, Settings, make_runner, planted
-from .outputs import unwritable
+from .outputs import unwritable, unwritable_file, write_report
 from .program import MAX_BYTES, decode
 from .progress import Ticker
 from .results import (
@@ -176,7 +176,7 @@ def options_from_args(args: argparse.Namespace) -> CampaignOptions:
 def main(args: argparse.Namespace) -> int:
     """`vsmmu fuzz`: 0 nothing found, 1 findings, 2 a usage or input error."""
     try:
-        if args.sarif and (why := sarif.check_destination(args.sarif)):
+        if args.sarif and (why := unwritable_file(args.sarif, "--sarif")):
             raise CampaignError(why)
         result = run_campaign(options_from_args(args))
     except CampaignError as e:
@@ -186,10 +186,8 @@ def main(args: argparse.Namespace) -> int:
         rules = sarif.invariant_rules()
         found = [sarif.finding(rules, f.invariant, f.signature, f.step, f.witness, [f.artifact])
                  for f in result.findings]
-        try:
-            sarif.write(args.sarif, sarif.log(rules, found, version=fuzz_version()))
-        except OSError as e:
-            result.errors.append(f"cannot write {args.sarif}: {e.strerror or e}")
+        if why := write_report(args.sarif, sarif.log(rules, found, version=fuzz_version())):
+            result.errors.append(why)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
     else:

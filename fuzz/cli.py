@@ -15,9 +15,9 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 
 from . import exits, version
+from .outputs import unwritable_file, write_report
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -156,24 +156,15 @@ def _check(args: argparse.Namespace) -> int:
 
 def _check_reports(args: argparse.Namespace) -> None:
     """The report files a command writes must be writable, before any work."""
-    from fuzz import sarif
-
-    for path in (getattr(args, "sarif", None), getattr(args, "junit", None)):
-        if path and (why := sarif.check_destination(path)):
+    for flag in ("sarif", "junit"):
+        path = getattr(args, flag, None)
+        if path and (why := unwritable_file(path, f"--{flag}")):
             raise UsageError(why)
 
 
-def _write_report(path: str, data: dict | str) -> None:
-    """A SARIF log (a dict) or a JUnit report (XML text) into `path`."""
-    from fuzz import sarif
-
-    try:
-        if isinstance(data, str):
-            Path(path).write_text(data)
-        else:
-            sarif.write(path, data)
-    except OSError as e:
-        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
+def _write_report(path: str, content: dict | str) -> None:
+    if why := write_report(path, content):
+        raise UsageError(why)
 
 
 def _corpus_merge(args: argparse.Namespace) -> int:

@@ -7,8 +7,10 @@ read-only loses that work: so every command asks first.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def unwritable(d: Path, what: str) -> str | None:
@@ -18,3 +20,18 @@ def unwritable(d: Path, what: str) -> str | None:
             return None
     except OSError as e:
         return f"cannot write to the {what} directory {d}: {e.strerror or e}"
+
+
+def unwritable_file(path: str, flag: str) -> str | None:
+    """Why the report file `path` (given with `flag`) could not be written."""
+    return unwritable(Path(path).resolve().parent, flag)
+
+
+def write_report(path: str, content: str | dict[str, Any]) -> str | None:
+    """Write a report (text, or a JSON object); why it failed, or None."""
+    text = content if isinstance(content, str) else json.dumps(content, indent=2) + "\n"
+    try:
+        Path(path).write_text(text)
+    except OSError as e:
+        return f"cannot write {path}: {e.strerror or e}"
+    return None

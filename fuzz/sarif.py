@@ -11,14 +11,12 @@ the signature, so that code scanning recognises a finding across runs.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from properties.violations import INVARIANTS, NO_CRASH, ORACLES, STATEMENTS
 
-from .outputs import unwritable
 from .program import MAX_BYTES, op_lines
 
 SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -62,15 +60,6 @@ def witness_text(signature: str, step: int | None, witness: dict[str, Any]) -> s
     where = "" if step is None else f" at step {step}"
     detail = ", ".join(f"{k}={v}" for k, v in witness.items())
     return f"{signature}{where}" + (f": {detail}" if detail else "")
-
-
-def check_destination(path: str) -> str | None:
-    """Why `path` cannot be written (None: it can), asked before any work."""
-    return unwritable(Path(path).resolve().parent, "--sarif")
-
-
-def write(path: str, data: dict[str, Any]) -> None:
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
 def finding(rules: Sequence[dict[str, Any]], invariant: str, signature: str,

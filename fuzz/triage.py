@@ -57,7 +57,7 @@ from vsmmu.arch.layouts import Op as Opcode
 from vsmmu.platform import PlatformError, dump_platform
 
 from . import options, sarif
-from .outputs import unwritable
+from .outputs import unwritable, unwritable_file, write_report
 from .program import Op, ProgramError, encode, load, to_text
 from .progress import Ticker, announce
 from .runner import Runner, RunResult, platform_for
@@ -478,7 +478,7 @@ def main(args: argparse.Namespace) -> int:
         platform = platform_for(args.target, args.platform)
     except PlatformError as e:
         return _fail(str(e))
-    if args.sarif and (why := sarif.check_destination(args.sarif)):
+    if args.sarif and (why := unwritable_file(args.sarif, "--sarif")):
         return _fail(why)
     if args.emit_test:
         try:
@@ -519,10 +519,8 @@ def main(args: argparse.Namespace) -> int:
         results = [sarif.finding(rules, m[0].finding.invariant, sig, m[0].finding.step,
                                  m[0].finding.witness, [r.file for r in m])
                    for sig, m in by_signature.items()]
-        try:
-            sarif.write(args.sarif, sarif.log(rules, results, version=fuzz.version()))
-        except OSError as e:
-            return _fail(f"cannot write {args.sarif}: {e.strerror or e}")
+        if why := write_report(args.sarif, sarif.log(rules, results, version=fuzz.version())):
+            return _fail(why)
     if args.json:
         print(json.dumps({"inputs": [r.as_dict() for r in reports], "groups": len(by_signature),
                           "tests": {s: str(p) for s, p in emitted.items()}}, indent=2))

@@ -32,10 +32,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from .. import options, sarif, version
-from ..outputs import unwritable
+from ..outputs import unwritable_file, write_report
 from .comparison import Observation, compare
 from .divergences import EXPLAINED, KNOWN, PEER_CRASH, CaseResult, classify
 from .execution import ModelTarget, QemuTarget, execute
@@ -204,7 +203,7 @@ def main(args: argparse.Namespace) -> int:
               "qemu-system-arm, or pass --qemu PATH)", file=sys.stderr)
         return 2
     for path, flag in ((args.sarif, "--sarif"), (args.emit_qtest, "--emit-qtest")):
-        if path and (why := unwritable(Path(path).resolve().parent, flag)):
+        if path and (why := unwritable_file(path, flag)):
             print(f"vsmmu diff-qemu: {why}", file=sys.stderr)
             return 2
     progress = None
@@ -224,20 +223,20 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_dict(), indent=2))
     else:
         print(format_text(report, verbose=args.verbose))
-    try:
-        if args.sarif:
-            sarif.write(args.sarif, sarif_log(report))
-        if args.emit_qtest:
-            case = next(iter(report.unexplained + report.divergent), None)
-            if case is None:
-                print("vsmmu diff-qemu: no divergence to reproduce: no qtest script written",
-                      file=sys.stderr)
-            else:
-                Path(args.emit_qtest).write_text(qtest_script(case, report.qemu_version))
-    except OSError as e:
-        print(f"vsmmu diff-qemu: cannot write {e.filename}: {e.strerror or e}",
-              file=sys.stderr)
-        return 2
+    reports = []
+    if args.sarif:
+        reports.append((args.sarif, sarif_log(report)))
+    if args.emit_qtest:
+        case = next(iter(report.unexplained + report.divergent), None)
+        if case is None:
+            print("vsmmu diff-qemu: no divergence to reproduce: no qtest script written",
+                  file=sys.stderr)
+        else:
+            reports.append((args.emit_qtest, qtest_script(case, report.qemu_version)))
+    for path, content in reports:
+        if why := write_report(path, content):
+            print(f"vsmmu diff-qemu: {why}", file=sys.stderr)
+            return 2
     return 1 if report.unexplained else 0
 
 
