@@ -102,8 +102,8 @@ def soak(seconds: float, *, z3: bool = True, say=print) -> list[Minute]:
         while proc.poll() is None:
             time.sleep(1.0)
             now = time.monotonic()
-            if now - last < MINUTE:
-                continue
+            if now - last < MINUTE or now - start > seconds:
+                continue  # not a minute yet, or the campaign is stopping (its replay)
             n, mean_bytes, mean_ops = _corpus_shape(corpus)
             row = Minute(len(minutes) + 1, round((execs[0] - last_execs) / (now - last), 1),
                          round(_tree_rss_kib(proc.pid) / 1024, 1), n, round(mean_bytes, 1),
