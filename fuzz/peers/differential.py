@@ -39,14 +39,12 @@ from .comparison import Observation, compare
 from .divergences import EXPLAINED, KNOWN, PEER_CRASH, CaseResult, classify
 from .execution import ModelTarget, QemuTarget, execute
 from .qemu_peer import PeerCrash, QemuPeer
-from .reproducer import qtest_script
 from .scenarios import scenarios
 
 
 # ====================================================================== the run
 def run_cases(binary: str, seed: int, count: int, *, start: int = 0,
-              progress: Callable[[CaseResult], None] | None = None,
-              record: bool = False) -> Iterator[CaseResult]:
+              progress: Callable[[CaseResult], None] | None = None) -> Iterator[CaseResult]:
     """Run `count` scenarios on both sides, classify each divergence; yields
     CaseResults.  Each case gets a fresh QEMU (some QEMU state survives every reset a
     driver can do: see strtab-2lvl-sticky), booted while the previous case runs."""
@@ -69,9 +67,8 @@ def run_cases(binary: str, seed: int, count: int, *, start: int = 0,
             except PeerCrash as e:
                 theirs = Observation(crash=str(e))
             peer.close()
-            r = CaseResult(s, ours, theirs, compare(ours, theirs),
-                           qtest=peer.transcript if record else None)
             peer, nxt = nxt, None
+            r = CaseResult(s, ours, theirs, compare(ours, theirs))
             classify(r, features, version, model)
             r.seconds = time.perf_counter() - t0
             if progress:
@@ -154,11 +151,10 @@ def _divergence_dict(r: CaseResult) -> dict:
 
 
 def run(binary: str, seed: int = 0, cases: int = 300, *, start: int = 0,
-        progress: Callable[[CaseResult], None] | None = None, record: bool = False) -> Report:
+        progress: Callable[[CaseResult], None] | None = None) -> Report:
     t0 = time.perf_counter()
     version_line = QemuPeer(binary).version  # raises if the binary is not a QEMU
-    results = list(run_cases(binary, seed, cases, start=start, progress=progress,
-                             record=record))
+    results = list(run_cases(binary, seed, cases, start=start, progress=progress))
     return Report(version_line, binary, seed, start, results, time.perf_counter() - t0)
 
 
@@ -183,9 +179,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="text mode: print every divergence's differences")
     options.add_sarif(parser)
-    parser.add_argument("--emit-qtest", metavar="FILE",
-                        help="write a standalone qtest script that reproduces the first "
-                        "divergence on QEMU (qemu-system-aarch64 ... -qtest stdio < FILE)")
 
 
 def _resolve_qemu(path: str | None) -> str | None:
@@ -202,18 +195,16 @@ def main(args: argparse.Namespace) -> int:
         print(f"vsmmu diff-qemu: {what} not found (install it: apt-get install "
               "qemu-system-arm, or pass --qemu PATH)", file=sys.stderr)
         return 2
-    for path, flag in ((args.sarif, "--sarif"), (args.emit_qtest, "--emit-qtest")):
-        if path and (why := unwritable_file(path, flag)):
-            print(f"vsmmu diff-qemu: {why}", file=sys.stderr)
-            return 2
+    if args.sarif and (why := unwritable_file(args.sarif, "--sarif")):
+        print(f"vsmmu diff-qemu: {why}", file=sys.stderr)
+        return 2
     progress = None
     if not args.json and sys.stderr.isatty():
         def progress(r: CaseResult) -> None:
             print(f"\r{r.scenario.index + 1 - args.start}/{args.cases}", end="",
                   file=sys.stderr, flush=True)
     try:
-        report = run(binary, args.seed, args.cases, start=args.start, progress=progress,
-                     record=bool(args.emit_qtest))
+        report = run(binary, args.seed, args.cases, start=args.start, progress=progress)
     except (PeerCrash, OSError, RuntimeError) as e:
         print(f"vsmmu diff-qemu: cannot run {binary}: {e}", file=sys.stderr)
         return 2
@@ -223,20 +214,9 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_dict(), indent=2))
     else:
         print(format_text(report, verbose=args.verbose))
-    reports = []
-    if args.sarif:
-        reports.append((args.sarif, sarif_log(report)))
-    if args.emit_qtest:
-        case = next(iter(report.unexplained + report.divergent), None)
-        if case is None:
-            print("vsmmu diff-qemu: no divergence to reproduce: no qtest script written",
-                  file=sys.stderr)
-        else:
-            reports.append((args.emit_qtest, qtest_script(case, report.qemu_version)))
-    for path, content in reports:
-        if why := write_report(path, content):
-            print(f"vsmmu diff-qemu: {why}", file=sys.stderr)
-            return 2
+    if args.sarif and (why := write_report(args.sarif, sarif_log(report))):
+        print(f"vsmmu diff-qemu: {why}", file=sys.stderr)
+        return 2
     return 1 if report.unexplained else 0
 
 

@@ -59,7 +59,6 @@ class CaseResult:
     seconds: float = 0.0
     verdict: str | None = None  # None: agree; else a class
     known: list[str] = field(default_factory=list)
-    qtest: list[tuple[str, str]] | None = None  # QEMU's qtest transcript, when recorded
 
 
 def _crashed_with(text: str) -> Callable[[CaseResult, Features], bool]:

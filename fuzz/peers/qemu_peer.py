@@ -198,8 +198,7 @@ def _cleanup(proc: subprocess.Popen | None, sock: socket.socket | None, tmp: str
 
 
 # The machine every peer runs: the virt board with its SMMUv3 and an edu device as DMA
-# master, deterministic time.  A qtest reproducer (fuzz/peers/reproducer.py) runs the
-# same one.
+# master, deterministic time.
 MACHINE_ARGS = ("-machine", "virt,iommu=smmuv3", "-cpu", "cortex-a57", "-m",
                 f"{RAM_SIZE >> 20}M", "-icount", "shift=0,sleep=off", "-nodefaults",
                 "-display", "none", "-serial", "none",
@@ -235,8 +234,6 @@ class QemuPeer:
         self._srv: socket.socket | None = None
         self._stderr = None
         self._t0 = 0.0
-        # Every qtest command sent and QEMU's answer, in order: a reproducer replays it.
-        self.transcript: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> QemuPeer:
@@ -420,7 +417,6 @@ class QemuPeer:
             if line.startswith("IRQ"):  # only with irq_intercept_*, which we never ask for
                 continue
             if line == "OK" or line.startswith("OK "):
-                self.transcript.append((command, line))
                 return line[3:]
             raise PeerError(f"qtest {command[:80]!r} -> {line[:200]!r}")
 
