@@ -47,8 +47,7 @@ class QueueState:
 
 
 def _reg(smmu: Smmu, name: str) -> int:
-    r = REG[name]
-    return smmu.read(r.offset, r.size)
+    return REG[name].read(smmu)
 
 
 def _field(smmu: Smmu, reg: str, name: str) -> int:

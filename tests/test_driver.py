@@ -54,7 +54,7 @@ class Rig:
 
     def reg(self, name: str):
         r = REG[name]
-        return r.layout.decode(self.smmu.read(r.offset, r.size))
+        return r.layout.decode(r.read(self.smmu))
 
     def backed(self, pa: int, data: bytes = b"") -> None:
         self.mem.add(pa & ~0xFFF, 0x1000)

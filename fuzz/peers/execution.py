@@ -184,13 +184,11 @@ class _Env:
 
 
 def _reg(target, name: str) -> int:
-    r = REG[name]
-    return target.mmio.read(r.offset, r.size)
+    return REG[name].read(target.mmio)
 
 
 def _wreg(target, name: str, value: int) -> None:
-    r = REG[name]
-    target.mmio.write(r.offset, value, r.size)
+    REG[name].write(target.mmio, value)
 
 
 def _gerror(target) -> int:

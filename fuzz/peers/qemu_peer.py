@@ -313,7 +313,7 @@ class QemuPeer:
         try:
             self.cmd("endianness")  # answered once machine init is done
             self._setup_edu()
-            self.idr = {name: self.mmio.read(REG[name].offset, 4)
+            self.idr = {name: REG[name].read(self.mmio)
                         for name in ("IDR0", "IDR1", "IDR2", "IDR3", "IDR4", "IDR5", "IIDR",
                                      "AIDR")}
             self.features = features_from_idr(self.idr)

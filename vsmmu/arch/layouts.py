@@ -315,6 +315,14 @@ class Register:
     size: int  # bytes: 4 or 8
     layout: Layout
 
+    # `port` is anything with the SMMU's MMIO interface: read(offset, size) and
+    # write(offset, value, size) -- the model, a bus window, or QEMU's qtest port.
+    def read(self, port) -> int:
+        return port.read(self.offset, self.size)
+
+    def write(self, port, value: int) -> None:
+        port.write(self.offset, value, self.size)
+
 
 def _reg(name: str, offset: int, size: int, *fields: F) -> Register:
     return Register(name, offset, size, Layout(name, size * 8, fields))

@@ -299,12 +299,10 @@ class SmmuDriver:
 
     # ------------------------------------------------------------ registers
     def _read(self, name: str) -> int:
-        r = REG[name]
-        return self.mmio.read(r.offset, r.size)
+        return REG[name].read(self.mmio)
 
     def _write(self, name: str, value: int) -> None:
-        r = REG[name]
-        self.mmio.write(r.offset, value, r.size)
+        REG[name].write(self.mmio, value)
 
     def _get(self, name: str, fld: str) -> int:
         return REG[name].layout.get(self._read(name), fld)
