@@ -36,7 +36,6 @@ and the architecture's own rules, `fault-reporting`, `stream-bounds` and
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -74,6 +73,7 @@ from .runner import (
     W,
     X,
 )
+from .snapshot import Reset
 
 LOG2_SIDS = 3  # the rig's stream table: SIDs 0..7
 STRAY_SID = 1 << LOG2_SIDS
@@ -185,24 +185,22 @@ def _push(rig: Rig, *words: int) -> None:
 
 # ------------------------------------------------------------ the runner
 class PhysicalRunner(SessionRunner):
-    """Boots the rig once; each run gets a private copy, memory rolled back after."""
+    """Boots the rig once; every run on it, put back as it was after each."""
 
     def __init__(self, features: Features | None = None):
         self.template = build(features)
         self.mem = self.template.mem
-        self.mem.checkpoint()
+        self.reset = Reset(self.template, self.mem)
 
     def hints(self) -> Hints:
         return hints(self.template)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        rig = copy.deepcopy(self.template, {id(self.mem): self.mem})
-        try:
+        rig = self.template
+        with self.reset:
             yield Session(lambda op: _checked_step(rig, op),
                           lambda: {f"smmu.{key}" for key in rig.smmu.reached})
-        finally:
-            self.mem.rollback()
 
 
 def _checked_step(rig: Rig, op: ProgramOp) -> None:

@@ -6,10 +6,10 @@ queues), one stage-1 domain per assigned device with a DMA buffer at
 `DMA_IOVA` and the MSI window mapped.  Programs start from that state, so
 their typed writes land on structures the vSMMU and SMMU actually read.
 
-`Runner` boots once, then gives each program a private copy of the booted
-object graph (`copy.deepcopy`, physical memory excluded) and rolls physical
-memory back afterwards from its write journal: runs are independent and
-deterministic, and a reset costs what one run touched.
+`Runner` boots once and runs every program on that one booted system; after
+each run it puts every object back in place from a snapshot (fuzz/snapshot.py)
+and rolls physical memory back from its write journal: runs are independent
+and deterministic, and a reset copies no object.
 
 Errors a guest's own software hits (its driver timing out on a queue the
 program halted, a table it cannot grow) are the guest's business and end
@@ -19,9 +19,7 @@ ends the run: that is a finding.
 
 from __future__ import annotations
 
-import copy
 import traceback
-import types
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -51,6 +49,7 @@ from vsmmu.sw.pagetable import MappingError
 
 from .program import GUEST_SLOTS, OPS
 from .program import Op as ProgramOp
+from .snapshot import Reset
 
 DMA_IOVA = 0x1000_0000  # each device's boot domain maps DMA_BUF bytes here
 DMA_BUF = 0x4000
@@ -184,22 +183,14 @@ class Runner(SessionRunner):
                  z3: bool = True):
         self.template = boot(platform, monitor=monitor, z3=z3)
         self.mem = self.template.hyp.mem
-        self._observers = list(self.mem.observers)
-        self.mem.checkpoint()
+        self.reset = Reset(self.template, self.mem)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A private copy of the booted system; memory is rolled back after."""
-        memo = {id(self.mem): self.mem}
-        system = copy.deepcopy(self.template, memo)
-        # The copies of the hypervisor and the monitor observe memory, not the originals.
-        self.mem.observers = [types.MethodType(o.__func__, memo[id(o.__self__)])
-                              for o in self._observers]
-        try:
+        """The booted system, put back as it was after the run."""
+        system = self.template
+        with self.reset:
             yield Session(lambda op: _checked_step(system, op), lambda: _coverage(system))
-        finally:
-            self.mem.observers = list(self._observers)
-            self.mem.rollback()
 
 
 def _checked_step(system: System, op: ProgramOp) -> None:
