@@ -68,6 +68,11 @@ def _restore_slots(obj: object, saved: dict) -> None:
             object.__setattr__(obj, name, value)
 
 
+def _frozen(obj: object) -> bool:
+    params = getattr(type(obj), "__dataclass_params__", None)
+    return params is not None and params.frozen
+
+
 def _slots(cls: type) -> list[str]:
     return [name for klass in cls.__mro__ for name in getattr(klass, "__slots__", ())
             if name not in ("__dict__", "__weakref__")]
@@ -115,7 +120,8 @@ class Snapshot:
             save((_restore_slots, obj, state))
             refs += [v for v in state.values() if v is not _UNSET]
         if hasattr(obj, "__dict__"):
-            save((_restore_attrs, obj, dict(obj.__dict__)))
+            if not _frozen(obj):  # a frozen dataclass's own fields cannot change
+                save((_restore_attrs, obj, dict(obj.__dict__)))
             refs += obj.__dict__.values()
         elif not (slots or isinstance(obj, (dict, list, set, deque, bytearray))):
             raise TypeError(f"cannot snapshot a {type(obj).__qualname__}: its state is "

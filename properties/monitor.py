@@ -20,6 +20,8 @@ changes.
 
 from __future__ import annotations
 
+import functools
+
 from vsmmu.arch.layouts import STE, Config
 from vsmmu.arch.virtio_layouts import Status
 from vsmmu.hw.frontend import Initiator
@@ -205,7 +207,7 @@ class Monitor:
     def _authority_ok(word: int, guest: Guest | None) -> bool:
         if guest is None:  # unassigned or quarantined: nothing may translate
             return STE.get(word, "V") == 0 or STE.get(word, "CONFIG") == Config.ABORT
-        return any(stage2_authority(word, s2_ste) for _, _, s2_ste in guest.stage2s())
+        return _under_some_stage2(word, tuple(s2_ste for _, _, s2_ste in guest.stage2s()))
 
     def _check_caches(self) -> None:
         by_vmid = {vmid: g.name for g in self.hyp.guests.values() for _, vmid, _ in g.stage2s()}
@@ -278,3 +280,10 @@ class Monitor:
                 self._violate(MSI_CONFINEMENT, smmu=msi.smmu, sid=msi.sid,
                               device_guest=device_owner, doorbell_of=msi.doorbell_of)
         self._msis_checked = len(self.hyp.msis)
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _under_some_stage2(word: int, s2_stes: tuple[int, ...]) -> bool:
+    """s2-authority of one concrete STE: a pure function of its arguments, remembered
+    because every step re-checks the same few STEs against the same stage 2s."""
+    return any(stage2_authority(word, s2_ste) for s2_ste in s2_stes)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vsmmu.hw.memory import FREE, HYP, PAGE_SIZE, BusError, PhysMem
 
@@ -149,3 +153,40 @@ def test_sparse_memory_is_cheap():
     m.add((1 << 48) - PAGE_SIZE, PAGE_SIZE, "b")
     assert m.pages_of("b") == [(1 << 48) - PAGE_SIZE]
     assert m.read((1 << 48) - 4, 4) == bytes(4)
+
+
+_OWNERS = (HYP, FREE, "g1", "g2")
+_ACTIONS = st.lists(st.tuples(st.sampled_from(("add", "remove", "set_owner", "checkpoint",
+                                               "rollback", "write", "read")),
+                              st.integers(0, 7), st.integers(1, 3), st.sampled_from(_OWNERS)),
+                    max_size=30)
+
+
+@given(_ACTIONS)
+def test_pages_of_agrees_with_every_pages_owner_through_a_rollback(actions):
+    """pages_of reads an index kept beside the page->owner map: whatever happens,
+    it says what asking every page would (and one-page reads match byte reads)."""
+    m = PhysMem(pa_bits=32)
+    m.add(0, 2 * PAGE_SIZE, "g1")
+    for action, page, pages, owner in actions:
+        pa, size = page * PAGE_SIZE, pages * PAGE_SIZE
+        if action == "add":
+            m.add(pa, size, owner)
+        elif action == "remove":
+            m.remove(pa, size)
+        elif action == "set_owner":
+            with contextlib.suppress(ValueError):
+                m.set_owner(pa, size, owner)
+        elif action == "checkpoint":
+            m.checkpoint()
+        elif action == "rollback" and m._journal is not None:
+            m.rollback()
+        elif action == "write":
+            with contextlib.suppress(BusError):
+                m.write(pa + 4, bytes(range(page, page + 16)))
+        else:
+            with contextlib.suppress(BusError):
+                assert m.read(pa + 8, 8) == b"".join(m.read(pa + 8 + i, 1) for i in range(8))
+    for owner in _OWNERS:
+        assert m.pages_of(owner) == [p * PAGE_SIZE for p in range(11)
+                                     if m.owner(p * PAGE_SIZE) == owner]

@@ -201,6 +201,20 @@ def test_map_over_mapping_fails_without_writing(mem):
     assert pt.translate(0x1000) == 0x4000_1000
 
 
+@pytest.mark.parametrize("first, second", [
+    ((0x1000, 0x4000_1000, K4), (0x1000, 0x5000_0000, K4)),  # a page over a page
+    ((0x20_0000, 0x4020_0000, M2), (0x20_3000, 0x5000_0000, K4)),  # a page inside a block
+])
+def test_a_one_page_map_over_any_leaf_on_its_walk_fails_without_writing(mem, first, second):
+    pt = table(mem, stage=1, granule=K4, tsz=25)
+    pt.map(*first)
+    before = {pa: mem.read(pa, 8) for _, pa, _ in pt.descriptors(second[0])}
+    with pytest.raises(MappingError, match=f"{second[0]:#x} is already mapped"):
+        pt.map(*second)
+    assert {pa: mem.read(pa, 8) for _, pa, _ in pt.descriptors(second[0])} == before
+    assert pt.translate(second[0]) == first[1] + second[0] - first[0]
+
+
 def test_access_flag_clear(mem):
     pt = table(mem, stage=1, granule=K4, tsz=25)
     pt.map(0, 0x4000_0000, K4, af=False)

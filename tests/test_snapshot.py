@@ -95,10 +95,15 @@ class Frozen:
     values: tuple
 
 
-def test_atomic_values_and_frozen_dataclasses_need_no_special_case():
-    snap = Snapshot([Frozen(Colour.RED, (1, "a", b"b", None, len))])
+def test_atomic_values_are_not_saved_and_frozen_dataclasses_are_walked_through():
+    inner = [1]
+    root = [Frozen(Colour.RED, (1, "a", b"b", None, len, inner))]
+    snap = Snapshot(root)
+    assert len(snap) == 2  # the two lists: nothing else here can change
+    inner.append(2)
+    root.append(3)
     snap.restore()
-    assert len(snap) == 2  # the list and the dataclass's __dict__; the enum is atomic
+    assert inner == [1] and len(root) == 1
 
 
 def test_state_it_cannot_see_is_refused_when_the_snapshot_is_taken():
@@ -130,6 +135,7 @@ def fingerprint(root) -> list:
         if isinstance(x, PhysMem):  # its page maps are only ever read sorted
             out.append(("PhysMem", sorted((k, bytes(v)) for k, v in x._pages.items()),
                         sorted(x._owner.items(), key=repr), dict(x._journal or {}),
+                        sorted((repr(o), sorted(p)) for o, p in x._held.items() if p),
                         [ref(o) for o in x.observers]))
         elif isinstance(x, dict):
             out.append((type(x).__name__, [(ref(k), ref(v)) for k, v in x.items()]))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 
@@ -71,21 +72,26 @@ class Field:
     values: Mapping[int, str] = field(default_factory=dict)
     doc: str = ""
 
-    @property
+    # Derived once per field (cached_property writes the instance's __dict__, which a
+    # frozen dataclass allows): the concrete model asks for them on every access.
+    @cached_property
     def width(self) -> int:
         return self.hi - self.lo + 1
 
-    @property
+    @cached_property
     def mask(self) -> int:
         return ((1 << self.width) - 1) << self.lo
 
-    @property
+    @cached_property
     def max(self) -> int:
         """Largest value the field holds (an address for address fields)."""
         raw = (1 << self.width) - 1
         return raw << self.addr_lo if self.addr_lo is not None else raw
 
     def get(self, word: Any) -> Any:
+        if type(word) is int:  # the concrete model's path, inlined: the hottest call there is
+            raw = (word >> self.lo) & ((1 << (self.hi - self.lo + 1)) - 1)
+            return raw if self.addr_lo is None else raw << self.addr_lo
         raw = extract(word, self.hi, self.lo)
         if self.addr_lo is None:
             return raw
@@ -95,6 +101,10 @@ class Field:
         return raw << self.addr_lo
 
     def put(self, word: Any, value: Any) -> Any:
+        if type(word) is int and type(value) is int:  # the concrete model's path, inlined
+            if self.addr_lo is not None:
+                value >>= self.addr_lo
+            return (word & ~self.mask) | ((value << self.lo) & self.mask)
         if self.addr_lo is not None:
             value = extract(value, self.addr_lo + self.width - 1, self.addr_lo) if is_symbolic(
                 value
@@ -146,6 +156,9 @@ class Layout:
             self.fields[f.name] = f
         self.defined_mask = covered
         self.reserved_mask = ((1 << width) - 1) & ~covered
+        # decode's concrete path: (name, lo, ones, addr_lo) per field, read without a call
+        self._plan = tuple((f.name, f.lo, (1 << f.width) - 1, f.addr_lo or 0)
+                           for f in self.fields.values())
 
     def __getitem__(self, name: str) -> Field:
         return self.fields[name]
@@ -168,6 +181,9 @@ class Layout:
         return self.fields[name].put(word, value)
 
     def decode(self, word: int) -> Decoded:
+        if type(word) is int:
+            return Decoded([(name, ((word >> lo) & ones) << addr_lo)
+                            for name, lo, ones, addr_lo in self._plan])
         return Decoded((f.name, f.get(word)) for f in self.fields.values())
 
     def encode(self, base: int = 0, **values: int) -> int:

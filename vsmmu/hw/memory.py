@@ -45,6 +45,7 @@ class PhysMem:
         self.pa_bits = pa_bits
         self._pages: dict[int, bytearray] = {}  # pfn -> data, for pages ever written
         self._owner: dict[int, Owner] = {}  # pfn -> owner, for every backed page
+        self._held: dict[Owner, set[int]] = {}  # owner -> its pfns: the inverse of _owner
         self._journal: dict[int, tuple[bytes | None, Owner | None]] | None = None
         self.observers: list[Observer] = []
 
@@ -59,10 +60,7 @@ class PhysMem:
                 self._pages.pop(pfn, None)
             else:
                 self._pages[pfn] = bytearray(data)
-            if owner is None:
-                self._owner.pop(pfn, None)
-            else:
-                self._owner[pfn] = owner
+            self._own(pfn, owner)
         self._journal = {}
 
     def _save(self, pfn: int) -> None:
@@ -81,14 +79,14 @@ class PhysMem:
         for pfn in range(pa >> PAGE_SHIFT, (pa + size) >> PAGE_SHIFT):
             self._save(pfn)
             self._pages.pop(pfn, None)  # fresh: no data survives re-adding
-            self._owner[pfn] = owner
+            self._own(pfn, owner)
 
     def remove(self, pa: int, size: int) -> None:
         """Unback pages: later accesses are bus errors."""
         for pfn in range(pa >> PAGE_SHIFT, (pa + size + PAGE_MASK) >> PAGE_SHIFT):
             self._save(pfn)
             self._pages.pop(pfn, None)
-            self._owner.pop(pfn, None)
+            self._own(pfn, None)
 
     def set_owner(self, pa: int, size: int, owner: Owner, *, scrub: bool = True) -> None:
         """Hand backed pages to `owner`, zeroing them unless told not to."""
@@ -98,9 +96,20 @@ class PhysMem:
                 raise ValueError(f"page {pfn << PAGE_SHIFT:#x} is not backed")
         for pfn in pfns:
             self._save(pfn)
-            self._owner[pfn] = owner
+            self._own(pfn, owner)
             if scrub:
                 self._pages.pop(pfn, None)
+
+    def _own(self, pfn: int, owner: Owner | None) -> None:
+        """Give page `pfn` to `owner` (None: unback it), keeping both maps in step."""
+        old = self._owner.get(pfn)
+        if old is not None:
+            self._held[old].discard(pfn)
+        if owner is None:
+            self._owner.pop(pfn, None)
+        else:
+            self._owner[pfn] = owner
+            self._held.setdefault(owner, set()).add(pfn)
 
     def owner(self, pa: int) -> Owner | None:
         """Owner of the page holding `pa`; None when nothing backs it."""
@@ -108,13 +117,18 @@ class PhysMem:
 
     def pages_of(self, owner: Owner) -> list[int]:
         """Base addresses of the pages `owner` holds, ascending."""
-        return sorted(pfn << PAGE_SHIFT for pfn, o in self._owner.items() if o == owner)
+        return sorted(pfn << PAGE_SHIFT for pfn in self._held.get(owner, ()))
 
     def is_backed(self, pa: int) -> bool:
         return (pa >> PAGE_SHIFT) in self._owner
 
     # -- access ----------------------------------------------------------
     def read(self, pa: int, size: int, initiator: object = None) -> bytes:
+        pfn, off = pa >> PAGE_SHIFT, pa & PAGE_MASK
+        if 0 <= size <= PAGE_SIZE - off and pfn in self._owner:  # within one backed page
+            self._notify("r", pa, size, initiator)
+            page = self._pages.get(pfn)
+            return bytes(page[off : off + size]) if page is not None else bytes(size)
         chunks = self._chunks(pa, size, write=False)
         self._notify("r", pa, size, initiator)
         out = bytearray()
@@ -124,6 +138,15 @@ class PhysMem:
         return bytes(out)
 
     def write(self, pa: int, data: bytes, initiator: object = None) -> None:
+        pfn, off, size = pa >> PAGE_SHIFT, pa & PAGE_MASK, len(data)
+        if size <= PAGE_SIZE - off and pfn in self._owner:  # within one backed page
+            self._notify("w", pa, size, initiator)
+            self._save(pfn)
+            page = self._pages.get(pfn)
+            if page is None:
+                page = self._pages[pfn] = bytearray(PAGE_SIZE)
+            page[off : off + size] = data
+            return
         chunks = self._chunks(pa, len(data), write=True)
         self._notify("w", pa, len(data), initiator)
         pos = 0

@@ -157,7 +157,9 @@ class PageTable:
         if out & (self.granule - 1) or out < 0 or (out + size - 1) >> self.pa_bits:
             raise MappingError(f"output {out:#x}+{size:#x} unaligned or beyond {self.pa_bits} bits")
         fields = self._leaf_fields(read, write, exec, user, priv_exec, af, attr)
-        busy = next(self._leaves(iova, iova + size), None)
+        # One granule: any leaf over it is on its walk, which _install refuses before it
+        # writes anything.  A longer range is checked whole first, so that it fails whole.
+        busy = None if size == self.granule else next(self._leaves(iova, iova + size), None)
         if busy is not None:
             raise MappingError(f"{busy[0]:#x} is already mapped")
         while size:
@@ -171,14 +173,16 @@ class PageTable:
             span = 1 << self._lsb(level)
             slot = table + 8 * ((iova >> self._lsb(level)) & ((1 << self._bits(level)) - 1))
             desc = read_u64(self.mem, slot)
+            if desc & 1 and not self._is_table(desc, level):
+                raise MappingError(f"{iova:#x} is already mapped")
             leaf_level = level == 3 or (block and level in self._g.block_levels)
             if not desc & 1 and leaf_level and not (iova | out) & (span - 1) and size >= span:
                 leaf = self._leaf.encode(VALID=1, TYPE=int(level == 3), OA=out, **fields)
                 write_u64(self.mem, slot, leaf)
                 return span
-            # The range was checked free of leaves, so a valid descriptor is a table: one
-            # emptied by unmap is filled rather than replaced by a block, which would need
-            # break-before-make and a walk-cache invalidation.
+            # A valid descriptor here is a table: one emptied by unmap is filled rather
+            # than replaced by a block, which would need break-before-make and a
+            # walk-cache invalidation.
             table = TABLE_DESC.get(desc, "OA") if desc & 1 else self._new_table(slot)
             level += 1
 
