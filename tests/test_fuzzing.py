@@ -5,6 +5,7 @@ a model with a bug planted at run time by fuzz/bench/plants.py)."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import os
@@ -231,6 +232,18 @@ def test_harness_scripts_run_under_libfuzzer(tmp_path):
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, (name, out[-2000:])
         assert "Done 50 runs" in out, (name, out[-2000:])
+
+
+def test_model_harnesses_leave_out_only_plumbing_that_exists():
+    """A renamed module would silently be instrumented again: each named one exists,
+    and every model harness (not the parser ones: parsing is what they test) uses it."""
+    from fuzz.instrumentation import INCLUDE, PLUMBING
+
+    for name in PLUMBING:
+        assert name.split(".")[0] in INCLUDE and importlib.util.find_spec(name), name
+    for target in TARGETS:
+        text = (HARNESSES / f"{target}_fuzzer.py").read_text()
+        assert "instrument_imports(include=INCLUDE, exclude=PLUMBING)" in text, target
 
 
 # ------------------------------------------------------------------ campaigns

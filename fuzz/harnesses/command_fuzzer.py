@@ -13,7 +13,9 @@ from pathlib import Path
 import atheris
 
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # a source checkout
-with atheris.instrument_imports(include=["vsmmu", "properties", "fuzz"]):
+from fuzz.instrumentation import INCLUDE, PLUMBING  # noqa: E402 - not instrumented
+
+with atheris.instrument_imports(include=INCLUDE, exclude=PLUMBING):
     from fuzz import harness
 
 if __name__ == "__main__":
