@@ -26,7 +26,7 @@ def positive(x) -> bool:
 
 def test_shape(result):
     assert list(result) == ["harness", "translate", "z3_state_check", "proofs",
-                            "monitor_step", "machine"]
+                            "monitor_step", "machine", "reset", "jobs"]
     assert json.loads(json.dumps(result)) == result
 
     assert [(r["target"], r["mode"]) for r in result["harness"]] == [
@@ -64,11 +64,20 @@ def test_shape(result):
     machine = result["machine"]
     assert machine["python"].startswith("3.") and machine["cpus"] >= 1
 
+    assert [r["target"] for r in result["reset"]] == list(TARGETS)
+    for r in result["reset"]:
+        assert set(r) == {"target", "objects", "memory_us", "deepcopy_us", "restore_us",
+                          "ratio"}
+        assert isinstance(r["objects"], int) and r["objects"] > 0
+        assert all(positive(r[k]) for k in ("memory_us", "deepcopy_us", "restore_us",
+                                             "ratio"))
+    assert result["jobs"] is None  # quick: no campaigns
+
 
 def test_format_text(result):
     text = bench_speed.format_text(result)
     for title in ("fuzz harness throughput", "translations", "invariant monitor",
-                  "Z3 state check", "universal proofs"):
+                  "Z3 state check", "reset between runs", "universal proofs"):
         assert title in text
     for word in ("system", "smmu", "plain", "tlb-hit", "nested-walk", "concrete+z3",
                  "512", "s2-authority", "proved"):
@@ -78,8 +87,12 @@ def test_format_text(result):
 
 def test_format_text_with_libfuzzer_figures(result):
     rows = [dict(r, execs_per_s=r["plain_execs_per_s"] / 3) for r in result["harness"]]
-    text = bench_speed.format_text(dict(result, harness=rows))
-    assert text.count("libFuzzer") == len(TARGETS)
+    jobs = {"target": "system", "seconds": 30, "one_job": 1000, "two_jobs": 1900,
+            "ratio": 1.9}
+    text = bench_speed.format_text(dict(result, harness=rows, jobs=jobs))
+    assert text.count("libFuzzer") == len(TARGETS) + 1  # and the campaign's title
+    assert "campaign executions in 30 s (system" in text
+    assert ["2", "1,900", "1.90"] in [line.split() for line in text.splitlines()]
 
 
 def test_main_json_is_clean_stdout(monkeypatch, capsys, result):

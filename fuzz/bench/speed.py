@@ -3,6 +3,9 @@
 * harness throughput: executions per second of each fuzz target with the
   invariants off / concrete / concrete + Z3, libFuzzer-instrumented and plain
   (fuzz/bench/execs.py);
+* the reset between runs: the deep copy each run used to start with against
+  the in-place restore that replaced it, per target (fuzz/bench/reset.py);
+* a campaign with `--jobs 2` against one job (fuzz/bench/jobs.py);
 * translations per second: an IOTLB hit, a 4-level stage-1 walk, a nested walk
   (fuzz/bench/translate.py);
 * the invariant monitor's cost per DMA step, the Z3 state check at 16 / 128 /
@@ -16,10 +19,13 @@ Timings depend on the machine; the ratios within one run are what to compare.
      "z3_state_check": [{"mappings", "ms"}],
      "proofs": [{"property", "subject", "result", "ms"}],
      "monitor_step": [{"mode", "us", "ratio"}],
-     "machine": {"python", "cpus"}}
+     "machine": {"python", "cpus"},
+     "reset": [{"target", "objects", "memory_us", "deepcopy_us", "restore_us", "ratio"}],
+     "jobs": {"target", "seconds", "one_job", "two_jobs", "ratio"} or null}
 
 `execs_per_s` is libFuzzer-instrumented, null when atheris is missing or with
-`--quick` (which measures tiny sizes, for tests; its figures are noise).
+`--quick` (which measures tiny sizes, for tests; its figures are noise);
+`jobs` is null then too.
 Progress lines go to stderr.
 
 Run: `vsmmu bench speed [--json] [--quick]`, or `python -m fuzz.bench.speed`.
@@ -37,7 +43,7 @@ from collections.abc import Callable, Iterable
 from properties.proofs import prove_all
 
 from ..targets import TARGETS
-from . import checks, execs, translate
+from . import checks, execs, jobs, reset, translate
 
 MODES = tuple(execs.MODES)  # off, concrete, concrete+z3
 MAPPINGS = (16, 128, 512)
@@ -48,9 +54,9 @@ CASES = {  # bench_translate's names -> the keys of the JSON
 }
 # Sizes: the full run is each module's own default; quick is a smoke test.
 FULL = {"inputs": 200, "repeat": 3, "rounds": 5, "translations": 4000, "steps": 300,
-        "z3_steps": 300, "z3_rounds": 3}
+        "z3_steps": 300, "z3_rounds": 3, "campaign_s": 30}
 QUICK = {"inputs": 8, "repeat": 1, "rounds": 1, "translations": 200, "steps": 20,
-         "z3_steps": 3, "z3_rounds": 1}
+         "z3_steps": 3, "z3_rounds": 1, "campaign_s": None}
 
 
 def _sig(x: float) -> float:
@@ -64,8 +70,9 @@ def measure(*, quick: bool = False, targets: Iterable[str] = TARGETS,
     size = QUICK if quick else FULL
     say = progress or (lambda text: None)
 
+    targets = tuple(targets)
     harness = execs.measure(
-        tuple(targets), size["inputs"], size["repeat"],
+        targets, size["inputs"], size["repeat"],
         instrumented=execs.HAVE_ATHERIS and not quick, progress=say)
     for row in harness:
         row["plain_execs_per_s"] = _sig(row["plain_execs_per_s"])
@@ -96,9 +103,22 @@ def measure(*, quick: bool = False, targets: Iterable[str] = TARGETS,
     proofs = [{"property": r.property, "subject": r.subject, "result": r.result,
                "ms": _sig(r.seconds * 1e3)} for r in prove_all()]
 
+    resets = []
+    for target in targets:
+        say(f"reset: deep copy against in-place restore, {target}")
+        row = reset.measure(target, execs.corpus(target, size["inputs"]))
+        resets.append({k: _sig(v) if isinstance(v, float) else v for k, v in row.items()})
+
+    scaling = None
+    if size["campaign_s"] and execs.HAVE_ATHERIS:
+        say(f"campaign: --jobs 1, then --jobs 2, {size['campaign_s']} s each")
+        scaling = jobs.measure("system", size["campaign_s"])
+        scaling["ratio"] = _sig(scaling["ratio"]) if scaling["ratio"] else None
+
     return {"harness": harness, "translate": translations, "z3_state_check": z3_state,
             "proofs": proofs, "monitor_step": monitor,
-            "machine": {"python": platform.python_version(), "cpus": os.cpu_count() or 1}}
+            "machine": {"python": platform.python_version(), "cpus": os.cpu_count() or 1},
+            "reset": resets, "jobs": scaling}
 
 
 def table(title: str, header: list[str], rows: list[list[str]], left: int = 1) -> str:
@@ -169,6 +189,22 @@ def format_text(result: dict) -> str:
                        [[str(z["mappings"]), f"{z['ms']:.1f}",
                          _times(z["ms"] / first if first else None)]
                         for z in result["z3_state_check"]])]
+
+    out += ["", table("reset between runs, per run (old: deep copy of the booted system; "
+                       "new: in-place restore; both roll memory back)",
+                       ["target", "objects", "memory us", "old copy us", "new restore us",
+                        "x faster"],
+                       [[r["target"], str(r["objects"]), f"{r['memory_us']:.1f}",
+                         f"{r['deepcopy_us']:.1f}", f"{r['restore_us']:.1f}",
+                         _times(r["ratio"])] for r in result["reset"]])]
+
+    j = result.get("jobs")
+    if j:
+        out += ["", table(f"campaign executions in {j['seconds']:g} s ({j['target']}, "
+                           "libFuzzer, all invariants)",
+                           ["jobs", "executions", "x one job"],
+                           [["1", f"{j['one_job']:,}", "1.00"],
+                            ["2", f"{j['two_jobs']:,}", _times(j["ratio"])]])]
 
     out += ["", table("universal proofs (vsmmu prove)",
                        ["property", "subject", "result", "ms"],
