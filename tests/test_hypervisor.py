@@ -130,6 +130,18 @@ def test_failed_reassign_or_map_loses_no_page(shared, dst_ipa):
         assert len(hyp.mem.pages_of(name)) == len(shared.guest(name).pages)
 
 
+def test_a_map_that_fails_part_way_maps_nothing_and_keeps_no_page(env):
+    """map() of a range whose last page is the MSI doorbell's IPA: refused whole, every
+    fresh page back on the free list (owned by nobody), the stage 2 unchanged."""
+    hyp = env.hyp
+    owned = len(hyp.mem.pages_of("g1"))
+    start = MSI_IOVA - 2 * K4
+    with pytest.raises(ValueError, match="already mapped"):
+        hyp.map("g1", start, 3 * K4)
+    assert len(hyp.mem.pages_of("g1")) == owned
+    assert all(env.guest("g1").view.pa_of(start + i * K4) is None for i in range(2))
+
+
 # ------------------------------------------------------------ stage-2 unmap
 def test_unmap_invalidates_before_freeing_and_scrubs(env):
     dom, buf = env.dma_setup("g0", "nic0")

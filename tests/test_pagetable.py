@@ -215,6 +215,32 @@ def test_a_one_page_map_over_any_leaf_on_its_walk_fails_without_writing(mem, fir
     assert pt.translate(second[0]) == first[1] + second[0] - first[0]
 
 
+def test_map_pages_writes_page_descriptors_to_scattered_outputs_across_tables(mem):
+    """Stage-2 page descriptor by hand (DDI 0487 D8.3): OA | AF (bit 10) | SH=0b11
+    (9:8) | S2AP=RW (7:6) | MemAttr=0b1111 (5:2) | page (1:0 = 0b11), and XN[1:0]=0b10
+    (54:53, no execution at any EL)."""
+    pt = table(mem, stage=2, granule=K4, tsz=24)
+    iova = M2 - 2 * K4  # two pages below a level-3 table's end, one above
+    outs = [0x4000_5000, 0x4000_1000, 0x7000_0000]
+    pt.map_pages(iova, outs, exec=False)
+    for i, out in enumerate(outs):
+        *_, (level, _, desc) = pt.descriptors(iova + i * K4)
+        assert (level, desc) == (3, 0x0040_0000_0000_07FF | out)
+        assert pt.translate(iova + i * K4 + 0x10) == out + 0x10
+
+
+def test_map_pages_over_a_mapped_page_fails_without_writing(mem):
+    pt = table(mem, stage=2, granule=K4, tsz=24)
+    pt.map(0x3000, 0x4000_3000, K4)
+    used = pt.alloc.next
+    with pytest.raises(MappingError, match="0x3000 is already mapped"):
+        pt.map_pages(0x1000, [0x5000_1000, 0x5000_2000, 0x5000_3000])
+    assert [pt.translate(a) for a in (0x1000, 0x2000, 0x3000)] == [None, None, 0x4000_3000]
+    assert pt.alloc.next == used  # no table made either
+    with pytest.raises(MappingError, match="unaligned"):
+        pt.map_pages(0x1000, [0x5000_0800])
+
+
 def test_access_flag_clear(mem):
     pt = table(mem, stage=1, granule=K4, tsz=25)
     pt.map(0, 0x4000_0000, K4, af=False)

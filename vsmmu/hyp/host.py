@@ -73,8 +73,13 @@ class GuestMemory:
     s2_generation: int = 0  # bumped by every stage-2 change (for checks that cache)
 
     def add_page(self, ipa: int, pa: int) -> None:
-        self.s2.map(ipa, pa, PAGE_SIZE, exec=False)
-        self.pages[ipa], self.ipas[pa] = pa, ipa
+        self.add_pages(ipa, [pa])
+
+    def add_pages(self, ipa: int, pas: list[int]) -> None:
+        """Map the pages from `ipa` on, the i-th to pas[i]: all of them, or none."""
+        self.s2.map_pages(ipa, pas, exec=False)
+        for i, pa in enumerate(pas):
+            self.pages[ipa + i * PAGE_SIZE], self.ipas[pa] = pa, ipa + i * PAGE_SIZE
         self.s2_generation += 1
 
     def drop_page(self, ipa: int) -> int | None:

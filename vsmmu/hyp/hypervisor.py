@@ -205,17 +205,17 @@ class Hypervisor:
 
     # ----------------------------------------------------------- stage 2
     def map(self, guest_name: str, ipa: int, size: int) -> None:
-        """Back [ipa, ipa+size) of a guest with fresh pages."""
+        """Back [ipa, ipa+size) of a guest with fresh pages: all of it, or nothing."""
         guest = self.guests[guest_name]
-        for off in range(0, size, PAGE_SIZE):
-            pa = self._page(guest_name)
-            try:
-                guest.add_page(ipa + off, pa)
-            except MappingError:
-                # Already mapped (a backed page, the MSI window) or outside the IPA space:
-                # the page goes back to the free list rather than stay owned and unmapped.
+        pas = [self._page(guest_name) for _ in range(0, size, PAGE_SIZE)]
+        try:
+            guest.add_pages(ipa, pas)
+        except MappingError:
+            # Already mapped (a backed page, the MSI window) or outside the IPA space:
+            # the pages go back to the free list rather than stay owned and unmapped.
+            for pa in reversed(pas):
                 self._release(pa)
-                raise
+            raise
 
     def unmap(self, guest_name: str, ipa: int, size: int) -> list[int]:
         """Take pages away from a guest; returns their PAs, already free and scrubbed."""

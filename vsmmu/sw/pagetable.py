@@ -171,20 +171,62 @@ class PageTable:
         table, level = self.root, self.start_level
         while True:
             span = 1 << self._lsb(level)
-            slot = table + 8 * ((iova >> self._lsb(level)) & ((1 << self._bits(level)) - 1))
-            desc = read_u64(self.mem, slot)
-            if desc & 1 and not self._is_table(desc, level):
-                raise MappingError(f"{iova:#x} is already mapped")
             leaf_level = level == 3 or (block and level in self._g.block_levels)
-            if not desc & 1 and leaf_level and not (iova | out) & (span - 1) and size >= span:
-                leaf = self._leaf.encode(VALID=1, TYPE=int(level == 3), OA=out, **fields)
-                write_u64(self.mem, slot, leaf)
-                return span
-            # A valid descriptor here is a table: one emptied by unmap is filled rather
-            # than replaced by a block, which would need break-before-make and a
-            # walk-cache invalidation.
-            table = TABLE_DESC.get(desc, "OA") if desc & 1 else self._new_table(slot)
+            if leaf_level and not (iova | out) & (span - 1) and size >= span:
+                slot = self._slot(table, level, iova)
+                desc = read_u64(self.mem, slot)
+                if not desc & 1:
+                    leaf = self._leaf.encode(VALID=1, TYPE=int(level == 3), OA=out, **fields)
+                    write_u64(self.mem, slot, leaf)
+                    return span
+            table = self._next_table(table, level, iova)
             level += 1
+
+    def _slot(self, table: int, level: int, iova: int) -> int:
+        return table + 8 * ((iova >> self._lsb(level)) & ((1 << self._bits(level)) - 1))
+
+    def _next_table(self, table: int, level: int, iova: int) -> int:
+        """The table `table`'s entry for iova points to, made when the entry is empty.
+        A leaf there means iova is mapped already: refused before anything is written
+        below it.  A table emptied by unmap is filled rather than replaced by a block,
+        which would need break-before-make and a walk-cache invalidation."""
+        slot = self._slot(table, level, iova)
+        desc = read_u64(self.mem, slot)
+        if not desc & 1:
+            return self._new_table(slot)
+        if not self._is_table(desc, level):
+            raise MappingError(f"{iova:#x} is already mapped")
+        return TABLE_DESC.get(desc, "OA")
+
+    def map_pages(self, iova: int, outs: list[int], *, read: bool = True, write: bool = True,
+                  exec: bool = False, user: bool = True, priv_exec: bool = False,
+                  af: bool = True, attr: int | None = None) -> None:
+        """Map the granules from iova on, the i-th to the granule at outs[i]: memory handed
+        out page by page, as a hypervisor backs a guest's RAM.  Permissions as for `map`;
+        fails, writing nothing, when any of them is mapped already."""
+        g = self.granule
+        self._check_range(iova, len(outs) * g)
+        for out in outs:
+            if out & (g - 1) or out < 0 or out >> self.pa_bits:
+                raise MappingError(f"output {out:#x} unaligned or beyond {self.pa_bits} bits")
+        fields = self._leaf_fields(read, write, exec, user, priv_exec, af, attr)
+        if len(outs) > 1:
+            busy = next(self._leaves(iova, iova + len(outs) * g), None)
+            if busy is not None:
+                raise MappingError(f"{busy[0]:#x} is already mapped")
+        page, oa = self._leaf.encode(VALID=1, TYPE=1, **fields), self._leaf["OA"]  # OA 0
+        table_span = 1 << (self._lsb(3) + self._bits(3))  # what one level-3 table maps
+        region = table = None
+        for i, out in enumerate(outs):
+            va = iova + i * g
+            if va // table_span != region:  # a new level-3 table: walk to it once
+                region, table = va // table_span, self.root
+                for level in range(self.start_level, 3):
+                    table = self._next_table(table, level, va)
+            slot = self._slot(table, 3, va)
+            if read_u64(self.mem, slot) & 1:
+                raise MappingError(f"{va:#x} is already mapped")
+            write_u64(self.mem, slot, oa.put(page, out))
 
     def unmap(self, iova: int, size: int) -> list[tuple[int, int]]:
         """Remove every mapping in [iova, iova+size), splitting blocks that straddle its
