@@ -44,8 +44,8 @@ def test_shape(result):
     assert result["translate"][0]["ratio_to_hit"] == 1.0
 
     assert [z["mappings"] for z in result["z3_state_check"]] == [16, 128, 512]
-    assert all(set(z) == {"mappings", "ms"} and positive(z["ms"])
-               for z in result["z3_state_check"])
+    assert all(set(z) == {"mappings", "ms", "incremental_ms"} and positive(z["ms"])
+               and positive(z["incremental_ms"]) for z in result["z3_state_check"])
 
     assert result["proofs"]
     for p in result["proofs"]:
