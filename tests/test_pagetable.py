@@ -19,7 +19,7 @@ from vsmmu.arch.layouts import Event
 from vsmmu.hw.memory import PhysMem
 from vsmmu.hw.walk import Perm, S1Config, S2Config, walk_s1, walk_s2
 from vsmmu.sw.alloc import Allocator, OutOfMemory
-from vsmmu.sw.pagetable import MappingError, PageTable
+from vsmmu.sw.pagetable import IpaView, MappingError, PageTable
 
 K4, K16, K64 = 4096, 16384, 65536
 M2, M32, M512, G1 = 1 << 21, 1 << 25, 1 << 29, 1 << 30
@@ -239,6 +239,23 @@ def test_map_pages_over_a_mapped_page_fails_without_writing(mem):
     assert pt.alloc.next == used  # no table made either
     with pytest.raises(MappingError, match="unaligned"):
         pt.map_pages(0x1000, [0x5000_0800])
+
+
+def test_ipa_view_follows_every_stage2_change(mem):
+    """IpaView remembers translations between changes: each map, unmap and block split
+    made through the table is seen at once, through the same view."""
+    mem.add(0x4000_0000, M2)
+    s2 = table(mem, stage=2, granule=K4, tsz=24)
+    view = IpaView(mem, s2)
+    assert view.pa_of(0x1234) is None
+    s2.map(0, 0x4000_0000, M2)  # a block
+    assert view.pa_of(0x1234) == 0x4000_1234
+    s2.unmap(0x1000, K4)  # splits the block
+    assert view.pa_of(0x1234) is None and view.pa_of(0x2234) == 0x4000_2234
+    s2.map_pages(0x1000, [0x4000_5000])
+    assert view.pa_of(0x1234) == 0x4000_5234
+    view.write(0x1ffe, b"abcd")  # across two pages, to two places
+    assert mem.read(0x4000_5ffe, 2) == b"ab" and mem.read(0x4000_2000, 2) == b"cd"
 
 
 def test_access_flag_clear(mem):

@@ -72,6 +72,7 @@ class PageTable:
             raise ValueError(f"stage must be 1 or 2, not {stage}")
         self.start_level = start
         self._leaf = S1_DESC if stage == 1 else S2_DESC
+        self.changes = 0  # descriptors written that a walk reads (see IpaView)
         self.root = self._zeroed(max(8 << self._bits(start), 64))
 
     @property
@@ -115,12 +116,17 @@ class PageTable:
         zero(self.mem, addr, size)
         return addr
 
+    def _put(self, slot: int, desc: int) -> None:
+        """Write a descriptor a walk can reach: what translates has changed."""
+        write_u64(self.mem, slot, desc)
+        self.changes += 1
+
     def _new_table(self, slot: int, entries: list[int] | None = None) -> int:
         """Allocate a next-level table (empty, or holding `entries`) and link it at `slot`."""
         table = self._zeroed(self.granule)
         if entries:
             self.mem.write(table, b"".join(e.to_bytes(8, "little") for e in entries))
-        write_u64(self.mem, slot, TABLE_DESC.encode(VALID=1, TYPE=1, OA=table))
+        self._put(slot, TABLE_DESC.encode(VALID=1, TYPE=1, OA=table))
         return table
 
     # -------------------------------------------------------------- building
@@ -177,7 +183,7 @@ class PageTable:
                 desc = read_u64(self.mem, slot)
                 if not desc & 1:
                     leaf = self._leaf.encode(VALID=1, TYPE=int(level == 3), OA=out, **fields)
-                    write_u64(self.mem, slot, leaf)
+                    self._put(slot, leaf)
                     return span
             table = self._next_table(table, level, iova)
             level += 1
@@ -226,7 +232,7 @@ class PageTable:
             slot = self._slot(table, 3, va)
             if read_u64(self.mem, slot) & 1:
                 raise MappingError(f"{va:#x} is already mapped")
-            write_u64(self.mem, slot, oa.put(page, out))
+            self._put(slot, oa.put(page, out))
 
     def unmap(self, iova: int, size: int) -> list[tuple[int, int]]:
         """Remove every mapping in [iova, iova+size), splitting blocks that straddle its
@@ -247,7 +253,7 @@ class PageTable:
             if self._is_table(desc, level):
                 self._unmap(TABLE_DESC.get(desc, "OA"), level + 1, start, end, va, removed)
             elif start <= va and va + span <= end:
-                write_u64(self.mem, slot, 0)
+                self._put(slot, 0)
                 removed.append((va, span))
             else:
                 self._unmap(self._split(slot, desc, level), level + 1, start, end, va, removed)
@@ -307,6 +313,12 @@ class IpaView:
 
     def __init__(self, mem: PhysMem, s2: PageTable):
         self.mem, self.s2 = mem, s2
+        # IPA page -> PA page (None: unmapped), as of s2.changes == _seen.  The
+        # hypervisor is the only writer of its stage-2 tables and writes them through
+        # s2, so a translation stays right until s2 writes again (as a CPU's TLB
+        # entries do until the hypervisor invalidates them).
+        self._pages: dict[int, int | None] = {}
+        self._seen = s2.changes
 
     def _pieces(self, ipa: int, size: int, write: bool) -> list[tuple[int, int]]:
         pieces, end = [], ipa + size
@@ -321,7 +333,16 @@ class IpaView:
 
     def pa_of(self, ipa: int) -> int | None:
         """The PA behind `ipa`, or None when stage 2 does not map it."""
-        return self.s2.translate(ipa) if 0 <= ipa < 1 << self.s2.ia else None
+        if not 0 <= ipa < 1 << self.s2.ia:
+            return None
+        if self._seen != self.s2.changes:
+            self._pages.clear()
+            self._seen = self.s2.changes
+        page = ipa & -self.s2.granule
+        if page not in self._pages:
+            self._pages[page] = self.s2.translate(page)
+        pa = self._pages[page]
+        return None if pa is None else pa + (ipa - page)
 
     def read(self, addr: int, size: int, initiator: object = None) -> bytes:
         return b"".join(self.mem.read(pa, n, initiator)
