@@ -267,6 +267,9 @@ class SmmuFrontend:
         """Consume up to `cmdq_budget` commands; returns how many completed."""
         if not self._f("CR0ACK", "CMDQEN") or self.gerror_active("CMDQ_ERR"):
             return 0
+        if (_L["CMDQ_PROD"].get(self.regs["CMDQ_PROD"], "WR")
+                == _L["CMDQ_CONS"].get(self.regs["CMDQ_CONS"], "RD")):
+            return 0  # equal index and wrap bits, whatever the queue's size: empty
         q = self._cmdq()
         done = 0
         while done < self.cmdq_budget:

@@ -669,5 +669,7 @@ class SmmuDriver:
                 unknown.append(raw)
             cons = q.inc(cons)
         overflow = ovflg != cons_layout.get(cons_reg, "OVACKFLG")
-        self._write("EVENTQ_CONS", cons_layout.encode(RD=cons, OVACKFLG=ovflg))
+        acked = cons_layout.encode(RD=cons, OVACKFLG=ovflg)
+        if acked != cons_reg:  # RD and OVACKFLG are all of it: an equal write changes nothing
+            self._write("EVENTQ_CONS", acked)
         return EventBatch(tuple(faults), overflow, tuple(unknown))
