@@ -146,6 +146,18 @@ def test_observers_see_every_access(mem):
     ]
 
 
+def test_peek_reads_what_read_does_unseen(mem):
+    seen = []
+    mem.observers.append(lambda *a: seen.append(a))
+    mem.write(0x5000_0ffe, b"abcd")  # across two pages
+    assert mem.peek(0x5000_0ffe, 4) == b"abcd" and mem.peek(0x5000_1000, 2) == b"cd"
+    with pytest.raises(BusError):
+        mem.peek(0x5000_1ffe, 4)  # runs into an unbacked page
+    with pytest.raises(BusError):
+        mem.read(0x5000_1ffe, 4)
+    assert seen == [("w", 0x5000_0ffe, 4, None)]  # neither peek nor the failed read
+
+
 def test_sparse_memory_is_cheap():
     # 48-bit space, pages far apart: only backed pages cost memory.
     m = PhysMem(pa_bits=48)

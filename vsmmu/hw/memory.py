@@ -124,13 +124,18 @@ class PhysMem:
 
     # -- access ----------------------------------------------------------
     def read(self, pa: int, size: int, initiator: object = None) -> bytes:
+        data = self.peek(pa, size)  # a bus error first: observers see accesses that happen
+        self._notify("r", pa, size, initiator)
+        return data
+
+    def peek(self, pa: int, size: int) -> bytes:
+        """What `read` returns, without being an access: no observer sees it.  For
+        checkers that inspect the state, which no hardware or software would do."""
         pfn, off = pa >> PAGE_SHIFT, pa & PAGE_MASK
         if 0 <= size <= PAGE_SIZE - off and pfn in self._owner:  # within one backed page
-            self._notify("r", pa, size, initiator)
             page = self._pages.get(pfn)
             return bytes(page[off : off + size]) if page is not None else bytes(size)
         chunks = self._chunks(pa, size, write=False)
-        self._notify("r", pa, size, initiator)
         out = bytearray()
         for pfn, off, n in chunks:
             page = self._pages.get(pfn)
