@@ -26,7 +26,8 @@ from vsmmu_env import (
 )
 
 from vsmmu.guests.guest import GuestKernel
-from vsmmu.hw.memory import BusError
+from vsmmu.hw.memory import HYP, BusError
+from vsmmu.hyp.host import GUEST_RAM
 from vsmmu.platform import GuestSpec
 from vsmmu.sw.driver import ste_s1
 
@@ -140,6 +141,16 @@ def test_a_map_that_fails_part_way_maps_nothing_and_keeps_no_page(env):
         hyp.map("g1", start, 3 * K4)
     assert len(hyp.mem.pages_of("g1")) == owned
     assert all(env.guest("g1").view.pa_of(start + i * K4) is None for i in range(2))
+
+
+def test_every_guest_ram_ipa_taken_as_a_pa_is_the_hypervisors(shared):
+    """The address map makes an IPA-for-PA confusion visible: each page of guest RAM,
+    its IPA read as a physical address, is hypervisor memory (where its tables and
+    queues are), never unbacked and never the guest's own."""
+    hyp = shared.hyp
+    for guest in hyp.guests.values():
+        ipas = range(GUEST_RAM, GUEST_RAM + guest.ram, K4)
+        assert {hyp.mem.owner(ipa) for ipa in ipas} == {HYP}, guest.name
 
 
 # ------------------------------------------------------------ stage-2 unmap
