@@ -25,7 +25,7 @@ from collections.abc import Iterable
 # Values with no state of their own to restore (their contents, when they are
 # containers, are walked).
 _ATOMIC = (int, float, complex, str, bytes, bool, type(None), range, type, enum.Enum,
-           types.FunctionType, types.BuiltinFunctionType, types.ModuleType)
+           types.BuiltinFunctionType, types.ModuleType)
 _IMMUTABLE_CONTAINERS = (tuple, frozenset)
 
 
@@ -99,6 +99,9 @@ class Snapshot:
             return obj
         if isinstance(obj, types.MethodType):
             return (obj.__self__,)
+        if isinstance(obj, types.FunctionType):  # what a closure captured is walked (a
+            # captured object is restored; a cell rebound with `nonlocal` would not be)
+            return [cell.cell_contents for cell in obj.__closure__ or ()]
         refs: list[object] = []
         if isinstance(obj, dict):
             save((_restore_dict, obj, dict(obj)))

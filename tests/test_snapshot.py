@@ -76,6 +76,15 @@ def test_slots_dict_subclasses_and_immutable_containers():
     assert root[3].__self__.items == [1, 2]
 
 
+def test_what_a_closure_captured_is_restored():
+    captured = []
+    root = {"hook": lambda: captured.append(1)}
+    snap = Snapshot(root)
+    root["hook"]()
+    snap.restore()
+    assert captured == []
+
+
 def test_excluded_objects_are_left_alone():
     node, kept = Node(), Node()
     node.other = kept
