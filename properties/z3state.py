@@ -155,7 +155,7 @@ def unroll_s2(mem: PhysMem, cfg: S2Config, pa_max: int = 48) -> tuple[LeafTable,
     return tuple(tables)
 
 
-@functools.lru_cache(maxsize=2048)  # at most 8 MiB of 4K tables
+@functools.lru_cache(maxsize=2048)  # 8 MiB of the hypervisor's 4K stage-2 tables at most
 def _entries(data: bytes) -> tuple[tuple[int, int], ...]:
     """(index, descriptor) of each non-zero descriptor of a table's bytes, remembered
     by those bytes: a change to one mapping changes one table, the others are
