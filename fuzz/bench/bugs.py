@@ -33,7 +33,7 @@ unless every run found it); `invariant` is the one that fired most.
 `--plot FILE.png` draws the runs found over time, ours against the baselines
 (needs matplotlib: `pip install -e '.[plot]'`).
 
-`vsmmu bench speed` is fuzz/bench/speed.py.
+`vsmmu bench speed` is fuzz/bench/speed.py; `vsmmu bench mutants` is fuzz/bench/mutants.py.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from pathlib import Path
 from .. import options
 from ..campaign import HARNESSES, SEEDS_ROOT, base_flags
 from ..harness import Settings
-from . import soak, speed
+from . import mutants, soak, speed
 from .plants import PLANTS
 
 FUZZERS = ("ours", "atheris-plain", "hypothesis")
@@ -343,6 +343,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("soak", help="a long default campaign: execs/s, memory and corpus "
                        "minute by minute (default an hour)")
     soak.add_arguments(p)
+    p = sub.add_parser("mutants", help="kill rate of a default campaign and the proofs on "
+                       "sampled one-token slips of the hypervisor, vSMMU, TLB, virtio-iommu")
+    mutants.add_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -350,6 +353,8 @@ def main(args: argparse.Namespace) -> int:
         return speed.main(args)
     if args.bench == "soak":
         return soak.main(args)
+    if args.bench == "mutants":
+        return mutants.main(args)
     bugs = args.bugs.split(",") if args.bugs else list(PLANTS)
     fuzzers = args.fuzzers.split(",")
     for name, known, what in ((bugs, PLANTS, "planted bug"), (fuzzers, FUZZERS, "fuzzer")):
