@@ -79,7 +79,8 @@ def test_a_mutant_that_breaks_start_up_is_told_apart_from_a_kill():
 
 
 def test_summary_text():
-    summary = {"population": 728, "sample": 2, "seed": 0, "budget_s": 60.0, "killed": 1,
+    summary = {"population": 728, "sample": 2, "seed": 0, "budget_s": 60.0,
+               "target": "system", "killed": 1,
                "boot": 0, "survived": 1, "kill_rate": 0.5,
                "mutants": [{"file": "f.py", "line": 3, "operator": "compare",
                             "before": "a == b", "after": "a != b", "outcome": "killed",
@@ -88,6 +89,7 @@ def test_summary_text():
                             "before": "1", "after": "2", "outcome": "survived", "by": None,
                             "seconds": 61.0}]}
     text = mutants.format_text(summary)
+    assert "60 s system campaign + proofs each" in text
     assert "killed 1, survived 1, broke start-up 0; kill rate 50%" in text
     assert "killed    f.py:3  compare: a == b  ->  a != b  [s2-containment]" in text
     assert text.rstrip().endswith("survived  f.py:9  constant+1: 1  ->  2")

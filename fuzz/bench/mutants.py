@@ -5,7 +5,7 @@ Mutants are not: a small AST mutator samples one-token slips in the code that
 keeps guests apart — the hypervisor, the vSMMU and its transfer functions,
 the TLB, the virtio-iommu and its backend — and each mutant gets what a user
 relies on: a default campaign (`vsmmu fuzz`: the system target, every
-invariant) for the budget, then `vsmmu prove`.
+invariant; `--target` picks another) for the budget, then `vsmmu prove`.
 
 * `killed`: the campaign or a proof reported a finding;
 * `boot`: the mutant breaks start-up (the campaign could not run at all), so it
@@ -23,7 +23,7 @@ Each mutant runs in a copy of the source tree, so nothing here is changed.
 
 `--json` prints one object:
 
-    {"population", "sample", "seed", "budget_s",
+    {"population", "sample", "seed", "budget_s", "target",
      "killed", "boot", "survived", "kill_rate",
      "mutants": [{"file", "line", "operator", "before", "after", "outcome", "by",
                   "seconds"}]}
@@ -171,8 +171,9 @@ class Outcome:
     seconds: float
 
 
-def run(point: Point, budget: float, root: Path = ROOT) -> Outcome:
-    """A default campaign, then the proofs, on a copy of the tree with the slip made."""
+def run(point: Point, budget: float, root: Path = ROOT, target: str = "system") -> Outcome:
+    """A campaign on `target` (the default campaign's), then the proofs, on a copy of
+    the tree with the slip made."""
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vsmmu-mutant-") as tmp:
         work = Path(tmp)
@@ -183,7 +184,8 @@ def run(point: Point, budget: float, root: Path = ROOT) -> Outcome:
         (work / point.file).write_text(mutant(source, point.index), encoding="utf-8")
         env = {"PYTHONPATH": str(work), "PYTHONDONTWRITEBYTECODE": "1"}
         (work / "corpus").mkdir()
-        fuzz = _cli(work, env, ["fuzz", "--time", f"{budget:g}", "--seed", "1", "--json",
+        fuzz = _cli(work, env, ["fuzz", "--target", target, "--time", f"{budget:g}",
+                                "--seed", "1", "--json",
                                 "--corpus", str(work / "corpus"),
                                 "--artifacts", str(work / "artifacts")], budget + 120)
         outcome, by = "survived", None
@@ -220,6 +222,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time", "--budget", dest="budget", type=options.seconds,
                         default=DEFAULT_BUDGET, metavar="S",
                         help=f"campaign seconds per mutant (default {DEFAULT_BUDGET:g})")
+    options.add_target(parser, "each mutant's campaign runs")
     parser.add_argument("--list", action="store_true",
                         help="print the drawn mutants and stop (nothing is run)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -235,14 +238,14 @@ def main(args: argparse.Namespace) -> int:
         return 0
     results = []
     for i, p in enumerate(sample, 1):
-        r = run(p, args.budget)
+        r = run(p, args.budget, target=args.target)
         results.append(r)
         print(f"[{i}/{len(sample)}] {p.file}:{p.line} {p.operator}: {r.outcome}"
               f"{f' ({r.by})' if r.by else ''} in {r.seconds:g} s", file=sys.stderr, flush=True)
     counts = {k: sum(r.outcome == k for r in results) for k in ("killed", "boot", "survived")}
     judged = counts["killed"] + counts["survived"]
     summary = {"population": len(population), "sample": len(sample), "seed": args.seed,
-               "budget_s": args.budget, **counts,
+               "budget_s": args.budget, "target": args.target, **counts,
                "kill_rate": round(counts["killed"] / judged, 3) if judged else None,
                "mutants": [asdict(r) for r in results]}
     if args.json:
@@ -255,7 +258,8 @@ def main(args: argparse.Namespace) -> int:
 def format_text(summary: dict) -> str:
     rate = summary["kill_rate"]
     lines = [f"vsmmu bench mutants: {summary['sample']} of {summary['population']} mutants "
-             f"(seed {summary['seed']}), {summary['budget_s']:g} s campaign + proofs each",
+             f"(seed {summary['seed']}), {summary['budget_s']:g} s {summary['target']} "
+             "campaign + proofs each",
              f"killed {summary['killed']}, survived {summary['survived']}, broke start-up "
              f"{summary['boot']}; kill rate {'-' if rate is None else f'{rate:.0%}'} "
              "(survivors not yet classified as equivalent or missed)", ""]
