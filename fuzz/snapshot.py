@@ -27,6 +27,7 @@ from collections.abc import Iterable
 _ATOMIC = (int, float, complex, str, bytes, bool, type(None), range, type, enum.Enum,
            types.BuiltinFunctionType, types.ModuleType)
 _IMMUTABLE_CONTAINERS = (tuple, frozenset)
+_CONTAINERS = (dict, list, set, deque, bytearray)  # the mutable ones _take saves
 
 
 def _restore_dict(obj: dict, saved: dict) -> None:
@@ -126,7 +127,7 @@ class Snapshot:
             if not _frozen(obj):  # a frozen dataclass's own fields cannot change
                 save((_restore_attrs, obj, dict(obj.__dict__)))
             refs += obj.__dict__.values()
-        elif not (slots or isinstance(obj, (dict, list, set, deque, bytearray))):
+        elif not (slots or isinstance(obj, _CONTAINERS)):
             raise TypeError(f"cannot snapshot a {type(obj).__qualname__}: its state is "
                             "not in a __dict__, __slots__ or a built-in container")
         return refs

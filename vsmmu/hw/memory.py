@@ -131,27 +131,13 @@ class PhysMem:
     def peek(self, pa: int, size: int) -> bytes:
         """What `read` returns, without being an access: no observer sees it.  For
         checkers that inspect the state, which no hardware or software would do."""
-        pfn, off = pa >> PAGE_SHIFT, pa & PAGE_MASK
-        if 0 <= size <= PAGE_SIZE - off and pfn in self._owner:  # within one backed page
+        pieces = []
+        for pfn, off, n in self._chunks(pa, size, write=False):
             page = self._pages.get(pfn)
-            return bytes(page[off : off + size]) if page is not None else bytes(size)
-        chunks = self._chunks(pa, size, write=False)
-        out = bytearray()
-        for pfn, off, n in chunks:
-            page = self._pages.get(pfn)
-            out += page[off : off + n] if page is not None else bytes(n)
-        return bytes(out)
+            pieces.append(page[off : off + n] if page is not None else bytes(n))
+        return b"".join(pieces)
 
     def write(self, pa: int, data: bytes, initiator: object = None) -> None:
-        pfn, off, size = pa >> PAGE_SHIFT, pa & PAGE_MASK, len(data)
-        if size <= PAGE_SIZE - off and pfn in self._owner:  # within one backed page
-            self._notify("w", pa, size, initiator)
-            self._save(pfn)
-            page = self._pages.get(pfn)
-            if page is None:
-                page = self._pages[pfn] = bytearray(PAGE_SIZE)
-            page[off : off + size] = data
-            return
         chunks = self._chunks(pa, len(data), write=True)
         self._notify("w", pa, len(data), initiator)
         pos = 0
@@ -176,6 +162,9 @@ class PhysMem:
 
     def _chunks(self, pa: int, size: int, write: bool) -> list[tuple[int, int, int]]:
         """(pfn, offset, length) pieces; checks every page before any is touched."""
+        pfn, off = pa >> PAGE_SHIFT, pa & PAGE_MASK
+        if 0 < size <= PAGE_SIZE - off and pfn in self._owner:  # most accesses: one page
+            return [(pfn, off, size)]
         if pa < 0 or size < 0 or pa + size > 1 << self.pa_bits:
             raise BusError(pa, size, write)
         pieces = []

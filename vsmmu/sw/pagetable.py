@@ -163,14 +163,19 @@ class PageTable:
         if out & (self.granule - 1) or out < 0 or (out + size - 1) >> self.pa_bits:
             raise MappingError(f"output {out:#x}+{size:#x} unaligned or beyond {self.pa_bits} bits")
         fields = self._leaf_fields(read, write, exec, user, priv_exec, af, attr)
-        # One granule: any leaf over it is on its walk, which _install refuses before it
-        # writes anything.  A longer range is checked whole first, so that it fails whole.
-        busy = None if size == self.granule else next(self._leaves(iova, iova + size), None)
-        if busy is not None:
-            raise MappingError(f"{busy[0]:#x} is already mapped")
+        self._refuse_mapped(iova, size)
         while size:
             n = self._install(iova, out, size, fields, block)
             iova, out, size = iova + n, out + n, size - n
+
+    def _refuse_mapped(self, iova: int, size: int) -> None:
+        """A map of more than one granule fails whole, before it writes anything, when
+        any part of [iova, iova+size) is mapped.  One granule needs no scan: any leaf
+        over it lies on its walk, which _next_table and the leaf write refuse first."""
+        if size > self.granule:
+            busy = next(self._leaves(iova, iova + size), None)
+            if busy is not None:
+                raise MappingError(f"{busy[0]:#x} is already mapped")
 
     def _install(self, iova: int, out: int, size: int, fields: dict, block: bool) -> int:
         """Write the largest leaf that starts at iova and fits; returns its size."""
@@ -216,10 +221,7 @@ class PageTable:
             if out & (g - 1) or out < 0 or out >> self.pa_bits:
                 raise MappingError(f"output {out:#x} unaligned or beyond {self.pa_bits} bits")
         fields = self._leaf_fields(read, write, exec, user, priv_exec, af, attr)
-        if len(outs) > 1:
-            busy = next(self._leaves(iova, iova + len(outs) * g), None)
-            if busy is not None:
-                raise MappingError(f"{busy[0]:#x} is already mapped")
+        self._refuse_mapped(iova, len(outs) * g)
         page, oa = self._leaf.encode(VALID=1, TYPE=1, **fields), self._leaf["OA"]  # OA 0
         table_span = 1 << (self._lsb(3) + self._bits(3))  # what one level-3 table maps
         region = table = None
