@@ -287,7 +287,8 @@ def _dma(rig, op):
     result = rig.smmu.dma(s.sid, op.iova, op.size + 1, **kw)
     check_stream_bounds(s.sid, beyond, result.fault)
     if result.fault is not None:
-        check_reported(rig.smmu, result.fault, s.sid, ssid, result.recorded, before)
+        check_reported(rig.smmu, result.fault, s.sid, ssid, result.recorded, before,
+                       kw["translated"])
 
 
 def _ats(rig, op):

@@ -162,10 +162,21 @@ def check_stream_bounds(sid: int, beyond: int | None, fault: Fault | None) -> No
 
 
 # ------------------------------------------------------------ fault reporting
-def record_rule(smmu: Smmu, fault: Fault, sid: int, ssid: int | None) -> tuple[bool, str] | None:
+# The errors of finding a transaction's STE: the configuration errors an
+# ATS-translated transaction can meet (it has no CD and no walk but stage 2's).
+STREAM_CONFIG_ERRORS = frozenset({Event.C_BAD_STREAMID, Event.F_STE_FETCH, Event.C_BAD_STE})
+def record_rule(smmu: Smmu, fault: Fault, sid: int, ssid: int | None,
+                translated: bool = False) -> tuple[bool, str] | None:
     """Whether the architecture requires (True) or forbids (False) recording `fault`,
     with the control that says so; None when the configuration the SMMU used is no
-    longer cached, so we cannot tell."""
+    longer cached, so we cannot tell.  `translated`: an ATS-translated transaction."""
+    if translated and fault.event in STREAM_CONFIG_ERRORS:
+        # IHI 0070 §3.9.1.3 and §6.3.12 CR2.REC_CFG_ATS: a Translated transaction's
+        # configuration error aborts it and is recorded only in the extended set of
+        # events, which needs IDR0.ATSRECERR=1 (CR2.REC_CFG_ATS is not modelled).
+        if _field(smmu, "IDR0", "ATSRECERR"):
+            return None
+        return False, "translated, IDR0.ATSRECERR=0"
     if fault.event == Event.C_BAD_STREAMID:  # IHI 0070 §6.3.12 CR2.RECINVSID
         recinvsid = _field(smmu, "CR2", "RECINVSID")
         return bool(recinvsid), f"CR2.RECINVSID={recinvsid}"
@@ -181,8 +192,8 @@ def record_rule(smmu: Smmu, fault: Fault, sid: int, ssid: int | None) -> tuple[b
 
 
 def check_reported(smmu: Smmu, fault: Fault, sid: int, ssid: int | None, recorded: bool,
-                    before: QueueState) -> None:
-    rule = record_rule(smmu, fault, sid, ssid)
+                    before: QueueState, translated: bool = False) -> None:
+    rule = record_rule(smmu, fault, sid, ssid, translated)
     if rule is None:
         return
     required, why = rule

@@ -30,7 +30,7 @@ from properties.violations import FAULT_REPORTING
 from vsmmu.arch.layouts import CD, COMMANDS, STE
 from vsmmu.arch.layouts import Op as Opcode
 from vsmmu.hw.memory import PAGE_SIZE
-from vsmmu.hw.smmu import Smmu
+from vsmmu.hw.smmu import DmaResult, Smmu
 from vsmmu.hyp.host import GUEST_RAM
 
 HARNESSES = Path(campaign.__file__).with_name("harnesses")
@@ -197,6 +197,24 @@ def test_physical_runner_clean_and_reached():
     assert result.ok, result.violation
     assert {"smmu.event:F_TRANSLATION", "smmu.event:C_BAD_STE",
             "smmu.fault:F_TRANSLATION S2 CLASS=IN"} <= result.coverage
+
+
+def test_translated_config_error_is_not_required_to_be_recorded():
+    # IHI 0070 §3.9.1.3: an ATS-translated transaction (flags 0x10) to an STE that is
+    # not valid aborts with C_BAD_STE, recorded only with IDR0.ATSRECERR=1 (not ours).
+    # A campaign found the oracle requiring the record: it must not invent that.
+    result = PhysicalRunner().run(parse("dma device=5 iova=0 size=3 flags=0x10 ssid=0\n"))
+    assert result.ok, result.violation
+
+
+def test_physical_runner_catches_a_recorded_translated_config_error(monkeypatch):
+    def always(self, fault, stream, ctx, record=True):
+        return DmaResult(False, fault=fault, recorded=self.record(fault))
+
+    monkeypatch.setattr(Smmu, "_fail", always)
+    v = PhysicalRunner().run(parse("dma device=5 iova=0 size=3 flags=0x10 ssid=0\n")).violation
+    assert v is not None and v.invariant == FAULT_REPORTING
+    assert (v.witness["event"], v.witness["problem"]) == ("C_BAD_STE", "recorded")
 
 
 def test_physical_runner_catches_a_swallowed_fault(monkeypatch):
