@@ -35,14 +35,11 @@ from their sidecars.
 by many campaigns) into one: libFuzzer `-merge=1` through a harness keeps, of
 the source inputs, those that add coverage to what `dest` already has.
 
-Exit status of `main` (fuzz/exits.py): 0 nothing found, 1 findings, 2 a usage
-or input error or an output that cannot be written (one line on stderr), 130
-stopped by a signal (SIGINT, SIGTERM, SIGHUP: the summary still comes).
+The command around it, `vsmmu fuzz`, is fuzz/fuzz_command.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import io
 import json
@@ -56,7 +53,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,10 +62,8 @@ from typing import TextIO
 from properties.violations import NO_CRASH
 from vsmmu.platform import PlatformError
 
-from . import options, sarif
-from . import version as fuzz_version
 from .harness import PROGRESS_PREFIX, Settings, make_runner, planted
-from .outputs import unwritable, unwritable_file, write_report
+from .outputs import unwritable
 from .program import MAX_BYTES, decode
 from .progress import Ticker
 from .results import (
@@ -77,7 +72,6 @@ from .results import (
     CampaignResult,
     Finding,
     coverage_table,
-    format_result,
 )
 from .runner import platform_for
 from .targets import TARGETS
@@ -117,7 +111,7 @@ class CampaignError(Exception):
 # ------------------------------------------------------------------ options
 @dataclass
 class CampaignOptions:
-    target: str = "system"
+    target: str = "system"  # one of TARGETS, or ALL (`vsmmu fuzz`'s default)
     time: float | None = None  # seconds; None: DEFAULT_TIME unless runs is given
     runs: int | None = None  # executions in total (split between jobs)
     jobs: int = 1  # 0: one per core
@@ -130,77 +124,7 @@ class CampaignOptions:
     libfuzzer_args: tuple[str, ...] = ()
     progress: TextIO | None = None  # where the live line goes (None: nowhere)
     plant: str | None = None  # BENCHMARKS AND TESTS ONLY: fuzz/bench/plants.py names
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `vsmmu fuzz`."""
-    parser.add_argument("--time", type=options.seconds, metavar="S",
-                        help=f"fuzz for S seconds (default {DEFAULT_TIME:g} unless --runs "
-                        "is given)")
-    parser.add_argument("--runs", type=options.count, metavar="N",
-                        help="stop after about N executions in total")
-    parser.add_argument("--jobs", type=options.count_or_zero, default=1, metavar="N",
-                        help="parallel libFuzzer processes (default 1; 0: one per core)")
-    parser.add_argument("--target", choices=TARGETS, default="system",
-                        help="harness: the whole system (default), vSTE/CD writes, guest "
-                        "commands, or the physical SMMU alone")
-    parser.add_argument("--corpus", metavar="DIR",
-                        help="working corpus, read and extended (default "
-                        "fuzz-out/corpus/<target>; must exist when given); the seeds in "
-                        "corpora/<target>/ are read too, never written")
-    parser.add_argument("--artifacts", metavar="DIR",
-                        help="where crash files and their .json sidecars go "
-                        "(default fuzz-out/artifacts/)")
-    options.add_platform(parser, " (smmu target: its SMMU takes the features of the "
-                         "platform's first SMMU)")
-    parser.add_argument("--seed", type=options.count_or_zero, metavar="N",
-                        help="libFuzzer random seed, for a campaign that can be repeated "
-                        "(job j uses N+j+1); 0, as no --seed: libFuzzer picks one at random")
-    parser.add_argument("--no-z3", action="store_true", help="skip the Z3 state checks")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object (the progress line goes to stderr)")
-    options.add_sarif(parser)
-    parser.add_argument("libfuzzer_args", nargs="*", metavar="-- FLAG",
-                        help="after --: raw libFuzzer flags, passed through "
-                        "(e.g. -- -max_len=2048 -use_value_profile=1)")
-
-
-def options_from_args(args: argparse.Namespace) -> CampaignOptions:
-    return CampaignOptions(
-        target=args.target, time=args.time, runs=args.runs, jobs=args.jobs,
-        corpus=args.corpus, artifacts=args.artifacts, platform=args.platform, seed=args.seed,
-        z3=not args.no_z3, libfuzzer_args=tuple(args.libfuzzer_args),
-        progress=sys.stderr if args.json else sys.stdout)
-
-
-def main(args: argparse.Namespace) -> int:
-    """`vsmmu fuzz`: 0 nothing found, 1 findings, 2 a usage or input error."""
-    try:
-        if args.sarif and (why := unwritable_file(args.sarif, "--sarif")):
-            raise CampaignError(why)
-        result = run_campaign(options_from_args(args))
-    except CampaignError as e:
-        print(f"vsmmu fuzz: {e}", file=sys.stderr)
-        return 2
-    if args.sarif:
-        rules = sarif.invariant_rules()
-        found = [sarif.finding(rules, f.invariant, f.signature, f.step, f.witness, [f.artifact])
-                 for f in result.findings]
-        if why := write_report(args.sarif, sarif.log(rules, found, version=fuzz_version())):
-            result.errors.append(why)
-    if args.json:
-        print(json.dumps(result.as_dict(), indent=2))
-    else:
-        print(format_result(result))
-    for error in result.errors:
-        print(f"vsmmu fuzz: {error}", file=sys.stderr)
-    return result.exit_code
-
-
-
-
-
-
+    coverage_budget: float = COVERAGE_BUDGET  # seconds for the final corpus replay (0: none)
 
 
 # ------------------------------------------------------------------ artifacts
@@ -420,7 +344,8 @@ class Campaign:
             self._progress_done()
             slow = self._slow_inputs(wall_start)
             # After a signal the summary should come quickly: a shorter replay.
-            coverage, replayed = self._coverage(10.0 if self.interrupted else COVERAGE_BUDGET)
+            budget = self.o.coverage_budget
+            coverage, replayed = self._coverage(min(10.0, budget) if self.interrupted else budget)
         workers = self._workers
         errors += [e for w in workers if (e := self._failure(w))]
         return CampaignResult(
@@ -603,24 +528,33 @@ class Campaign:
 
     # -- coverage -------------------------------------------------------------
     def _coverage(self, budget: float) -> tuple[set[str], int]:
-        """Replay the corpus and seeds (no monitor) and union what they reached,
-        for at most `budget` seconds."""
-        runner = make_runner(self.o.target, Settings(platform=self.o.platform, monitor=False,
-                                                     z3=False))
-        reached: set[str] = set()
-        end = time.monotonic() + budget
-        replayed = 0
         signalled_before = self.interrupted
-        inputs = _inputs(self.corpus, self.seeds)
-        ticker = Ticker(self.o.progress or io.StringIO(), prefix=f"vsmmu fuzz {self.o.target}")
-        for path in inputs:
-            if time.monotonic() > end or self.interrupted != signalled_before:
-                break  # out of time, or a signal during the replay: what was replayed counts
-            with open(path, "rb") as f:
-                reached |= runner.run(decode(f.read(MAX_BYTES))).coverage
-            replayed += 1
-            ticker.tick(f"coverage: replayed {replayed}/{len(inputs)} inputs")
-        return reached, replayed
+        return replay_coverage(self.o.target, self.o.platform, (self.corpus, self.seeds), budget,
+                               self.o.progress,
+                               stopped=lambda: self.interrupted != signalled_before)
+
+
+def replay_coverage(target: str, platform: str | None, dirs: Iterable[Path | None],
+                    budget: float, progress: TextIO | None,
+                    stopped: Callable[[], bool]) -> tuple[set[str], int]:
+    """Replay the inputs in `dirs` (no monitor) and union what they reached, for at
+    most `budget` seconds or until `stopped()`; also how many were replayed."""
+    reached: set[str] = set()
+    if budget <= 0:
+        return reached, 0
+    runner = make_runner(target, Settings(platform=platform, monitor=False, z3=False))
+    end = time.monotonic() + budget
+    replayed = 0
+    inputs = _inputs(*dirs)
+    ticker = Ticker(progress or io.StringIO(), prefix=f"vsmmu fuzz {target}")
+    for path in inputs:
+        if time.monotonic() > end or stopped():
+            break  # out of time, or a signal during the replay: what was replayed counts
+        with open(path, "rb") as f:
+            reached |= runner.run(decode(f.read(MAX_BYTES))).coverage
+        replayed += 1
+        ticker.tick(f"coverage: replayed {replayed}/{len(inputs)} inputs")
+    return reached, replayed
 
 
 @contextmanager
@@ -694,7 +628,8 @@ def _count(d: Path) -> int:
 
 
 def run_campaign(options: CampaignOptions) -> CampaignResult:
-    """Run a campaign (see the module docstring); raises CampaignError on bad input."""
+    """Run a campaign on one target (see the module docstring); raises CampaignError on
+    bad input."""
     return Campaign(options).run()
 
 

@@ -192,8 +192,8 @@ def _delegate(module: str) -> Callable[[argparse.Namespace], int]:
 
 # Subcommands whose options and behaviour live in fuzz/: (name, module, help).
 DELEGATED = (
-    ("fuzz", "campaign", "run a fuzzing campaign (default: the system harness on the "
-     "embedded platform, all invariants, 60 s)"),
+    ("fuzz", "fuzz_command", "run a fuzzing campaign (default: every harness in turn on "
+     "the embedded platform, all invariants, 60 s)"),
     ("triage", "triage", "replay, classify, group and minimize crash inputs"),
     ("diff-qemu", "peers.differential", "differential test of the SMMUv3 model against QEMU's"),
     ("bench", "bench.bugs", "benchmarks: planted bugs found (ours vs baselines), speed"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .targets import TARGETS
+from .targets import ALL, TARGETS
 
 
 def count(text: str) -> int:
@@ -65,7 +65,9 @@ def add_platform(parser: argparse.ArgumentParser, what: str = "") -> None:
 
 
 def add_target(parser: argparse.ArgumentParser, what: str, default: str = "system") -> None:
-    parser.add_argument("--target", choices=TARGETS, default=default,
+    """--target; `default` ALL also offers every target in turn."""
+    choices = (ALL, *TARGETS) if default == ALL else TARGETS
+    parser.add_argument("--target", choices=choices, default=default,
                         help=f"the fuzz target {what} (default {default}; virtio-iommu: its "
                         "platform of virtio-iommu guests, unless --platform is given; smmu: "
                         "the physical SMMU alone)")

@@ -19,6 +19,7 @@ from vsmmu.arch.layouts import Op as Opcode
 from vsmmu.arch.virtio_layouts import REQ_TYPE_NAMES, Status
 
 from . import exits
+from .targets import ALL
 
 MAX_SIDECAR_BYTES = 1 << 20  # ours are a few hundred bytes
 SLOW_SECONDS = 10  # an input slower than this is reported (libFuzzer -report_slow_units)
@@ -102,8 +103,10 @@ GROUPS = _group_universes()
 
 def groups_of(target: str) -> list[str]:
     """The groups a target can reach: the physical SMMU's always; the guests'
-    vSMMUs' on the system targets; the virtio-iommu devices' on virtio-iommu."""
-    guest = {"smmu": (), "virtio-iommu": ("viommu.",)}.get(target, ("vsmmu.",))
+    vSMMUs' on the system targets; the virtio-iommu devices' on virtio-iommu; all
+    of them on all targets."""
+    guest = {"smmu": (), "virtio-iommu": ("viommu.",), ALL: ("vsmmu.", "viommu.")}.get(
+        target, ("vsmmu.",))
     return [g for g, (prefix, _) in GROUPS.items() if prefix.startswith(("smmu.", *guest))]
 
 
@@ -133,10 +136,19 @@ class CampaignResult:
     corpus_dir: str = ""  # where the corpus and the artifacts are (and stay)
     artifacts_dir: str = ""
     slow_inputs: list[str] = field(default_factory=list)  # libFuzzer's slow-unit-* files
+    # --target all: each target's own result (its findings are in `findings` too)
+    parts: list[CampaignResult] = field(default_factory=list)
 
     @property
     def execs_per_sec(self) -> float:
         return self.execs / self.seconds if self.seconds > 0 else 0.0
+
+    def share(self) -> dict[str, Any]:
+        """This target's part of a campaign, as `targets` in `--json` lists it."""
+        return {"execs": self.execs, "execs_per_sec": round(self.execs_per_sec, 1),
+                "seconds": round(self.seconds, 2), "corpus": self.corpus, "cov": self.cov,
+                "restarts": self.restarts, "findings": len(self.findings),
+                "corpus_dir": self.corpus_dir}
 
     @property
     def exit_code(self) -> int:
@@ -163,6 +175,7 @@ class CampaignResult:
             "coverage_groups": groups_of(self.target),
             "corpus_dir": self.corpus_dir, "artifacts_dir": self.artifacts_dir,
             "slow_inputs": self.slow_inputs,
+            "targets": {r.target: r.share() for r in self.parts or [self]},
         }
 
 
@@ -170,19 +183,27 @@ def format_result(r: CampaignResult) -> str:
     lines = [f"vsmmu fuzz {r.target}: {r.seconds:.1f} s, {r.execs:,} execs "
              f"({r.execs_per_sec:,.0f}/s), corpus {r.corpus}, cov {r.cov}"
              + (f", {r.restarts} restarts" if r.restarts else "")
-             + (" (interrupted)" if r.interrupted else ""),
-             f"  corpus in {r.corpus_dir}, artifacts in {r.artifacts_dir} (kept: a campaign "
-             "resumes)",
-             "  cov: libFuzzer's count of code edges covered (model, harness and checks)"]
+             + (" (interrupted)" if r.interrupted else "")]
+    for p in r.parts:
+        lines.append(f"  {p.target:12} {p.seconds:6.1f} s {p.execs:9,} execs "
+                     f"({p.execs_per_sec:,.0f}/s), corpus {p.corpus}, cov {p.cov}, "
+                     f"findings {len(p.findings)}")
+    lines += [f"  corpus in {r.corpus_dir}, artifacts in {r.artifacts_dir} (kept: a campaign "
+              "resumes)",
+              "  cov: libFuzzer's count of code edges covered (model, harness and checks)"
+              + ("; summed over the targets' harnesses" if r.parts else "")]
     if r.findings:
         lines.append(f"findings: {len(r.findings)} unique")
         for f in r.findings:
             when = f"new after {f.found_after:.0f} s" if f.found_after is not None else (
                 "new" if f.new else "known")
             more = f" (+{f.duplicates} more)" if f.duplicates else ""
-            lines.append(f"  {f.signature}  [{when}]  {f.artifact}{more}")
-        lines.append(f"  next: vsmmu triage --target {r.target} FILE... groups, minimizes and "
-                     "writes regression tests (--emit-test DIR)")
+            where = f"[{f.target}] " if r.parts else ""
+            lines.append(f"  {where}{f.signature}  [{when}]  {f.artifact}{more}")
+        target = "T" if r.parts else r.target
+        lines.append(f"  next: vsmmu triage --target {target} FILE... groups, minimizes and "
+                     "writes regression tests (--emit-test DIR)"
+                     + ("; T: the finding's target, in brackets" if r.parts else ""))
     else:
         lines.append("findings: none")
     if r.slow_inputs:

@@ -10,6 +10,7 @@ from .physical import PhysicalRunner
 from .runner import Runner, platform_for
 
 TARGETS = ("system", "vste", "command", "smmu", "virtio-iommu")
+ALL = "all"  # `vsmmu fuzz`'s default: every target in turn (fuzz/all_targets.py)
 
 
 def runner_for(target: str, platform: str | None = None, *, monitor: bool = True,

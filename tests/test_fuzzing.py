@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import campaign, dictionary, parsers
+from fuzz import campaign, dictionary, fuzz_command, parsers
 from fuzz.campaign import CampaignError, CampaignOptions, merge_corpora, run_campaign
 from fuzz.mutate import SEPARATOR, Generator, Hints, Mutator, mutate_field
 from fuzz.mutate import SYSTEM as SYSTEM_BIAS
@@ -317,12 +317,12 @@ def test_campaign_finds_a_planted_bug_and_resumes(tmp_path):
 
 def test_bad_input_is_one_line_and_status_2(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    campaign.add_arguments(parser)
+    fuzz_command.add_arguments(parser)
     bad = tmp_path / "bad.toml"
     bad.write_text("[[smmu]]\nname = 3\n")
     for argv in (["--platform", str(bad)], ["--corpus", str(tmp_path / "missing")],
                  ["--", "not-a-flag"]):
-        assert campaign.main(parser.parse_args(argv)) == 2
+        assert fuzz_command.main(parser.parse_args(argv)) == 2
         err = capsys.readouterr().err
         assert err.startswith("vsmmu fuzz: ") and err.count("\n") == 1
     args = parser.parse_args(["--jobs", "0", "--target", "smmu", "--", "-max_len=64"])

@@ -3,6 +3,7 @@ stopped; every command's exit status says what happened (fuzz/exits.py)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import campaign, exits
+from fuzz import campaign, exits, fuzz_command
 from fuzz.campaign import CampaignOptions, run_campaign
 from fuzz.cli import main
 from fuzz.program import encode, parse
@@ -27,9 +28,9 @@ CLEAN = [f"dma device=0x0 iova={DMA_IOVA:#x} flags=0x0 size=0x3 ssid=0x0"]
 
 
 def _fuzz(argv: list[str]) -> int:
-    parser = campaign.argparse.ArgumentParser()
-    campaign.add_arguments(parser)
-    return campaign.main(parser.parse_args(argv))
+    parser = argparse.ArgumentParser()
+    fuzz_command.add_arguments(parser)
+    return fuzz_command.main(parser.parse_args(argv))
 
 
 @pytest.mark.parametrize("option", ["--artifacts", "--corpus"])
