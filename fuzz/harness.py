@@ -36,11 +36,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 
-from .mutate import BIASES, Bias, Hints, Mutator, hints_from
+from .hints import Hints, hints_from
+from .mutate import BIASES, Bias, Mutator
 from .physical import PhysicalRunner
 from .program import decode
 from .runner import Runner, RunResult
@@ -120,8 +121,10 @@ class Harness:
     """libFuzzer's TestOneInput: decode, run, raise on a new finding."""
 
     def __init__(self, runner: Runner | PhysicalRunner, known: str | None = None,
-                 progress: bool = False, parent: int | None = None):
+                 progress: bool = False, parent: int | None = None,
+                 saw: Callable[[set[str]], None] | None = None):
         self.runner = runner
+        self.saw = saw  # told each run's coverage (the mutator's aim)
         self.known_path = known
         self._known: set[str] = set()
         self._known_stamp: float | None = None
@@ -150,6 +153,8 @@ class Harness:
                 self._last_report = now
                 self._report()
         result = self.runner.run(decode(data))
+        if self.saw is not None:
+            self.saw(result.coverage)
         sig = finding_signature(result)
         if sig is not None and sig not in self.known():
             detail = f"{sig}\n{result.violation}"
@@ -196,6 +201,7 @@ def main(target: str, bias: Bias | None = None, argv: list[str] | None = None) -
         # atheris.Mutate is looked up at each call: atheris swaps it in when fuzzing starts.
         mutator = Mutator(runner_hints(runner), bias or BIASES[target],
                           lambda data, max_size: atheris.Mutate(data, max_size))
+        harness.saw = mutator.aim.saw
         hooks = dict(custom_mutator=mutator.mutate, custom_crossover=mutator.crossover)
     atheris.Setup(sys.argv if argv is None else argv, harness, **hooks)
     atheris.Fuzz()

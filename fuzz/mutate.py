@@ -25,13 +25,11 @@ back to a byte-level mutation: `byte_mutate` (atheris.Mutate, with libFuzzer's
 dictionary and comparison feedback, in the harnesses) or, by default, a seeded
 one here; its output is canonicalized too (decoding is total: the same
 program).  Everything but atheris.Mutate is a function of the seed
-(`random.Random(seed)`): the same input and seed give the same output.
+(`random.Random(seed)`) and of the crossings the process has reached (`Aim`,
+fuzz/crossings.py): the same input, seed and aim give the same output.
 
-`Hints` are the values worth choosing: occupied guest slots, vSIDs, ASIDs,
-VMIDs, IOVAs, and the IPAs of the structures the vSMMUs and SMMUs read (CD
-tables, page tables, stream tables, queues, DMA buffers).  `hints_from(system)`
-reads them from a booted system; the defaults describe the embedded fuzzing
-platform.  `Bias` weights the operations a harness inserts.
+The values worth choosing come from `Hints` (fuzz/hints.py).  `Bias` weights
+the operations a harness inserts.
 """
 
 from __future__ import annotations
@@ -58,10 +56,11 @@ from vsmmu.arch.virtio_layouts import (
 )
 from vsmmu.hw.frontend import SmmuFrontend
 from vsmmu.hw.memory import PAGE_SIZE
-from vsmmu.hyp.host import GUEST_RAM, IPA_BITS, MSI_WINDOW
-from vsmmu.hyp.virtio_iommu import VirtioIommu
+from vsmmu.hyp.host import GUEST_RAM, MSI_WINDOW
 from vsmmu.sw.driver import DEFAULT_MAIR
 
+from .crossings import Aim
+from .hints import Hints
 from .program import GUEST_SLOTS, MAX_OPS, OP_BY_NAME, OPS, Op, Operand, decode, encode
 from .runner import ATOMIC, DMA_BUF, DMA_IOVA, PRIV, SSV, TRANSLATED, W, X
 
@@ -74,96 +73,6 @@ AIMED = {"s2_unmap": 0.5, "reassign": 0.5, "viommu_unmap": 0.5, "viommu_map": 0.
 SEPARATOR = Op(OP_BY_NAME["step"], (3,))  # between crossed-over programs: queues settle
 
 ByteMutate = Callable[[bytes, int], bytes]
-
-
-# ------------------------------------------------------------------ hints
-@dataclass(frozen=True)
-class Hints:
-    """Values worth choosing, for the platform being fuzzed."""
-
-    guests: tuple[int, ...] = (0, 1)  # occupied guest slots
-    smmus: int = 2
-    devices: int = 6
-    vsids: tuple[int, ...] = (0, 1)
-    asids: tuple[int, ...] = (1, 2, 3)
-    vmids: tuple[int, ...] = (1, 2)
-    iovas: tuple[int, ...] = (DMA_IOVA, MSI_WINDOW[0])
-    ipas: tuple[int, ...] = (GUEST_RAM,)  # where the structures the SMMUs read live
-    # Host physical addresses (guest RAM, stage-2 tables): a guest pointer holding
-    # one finds the bugs that use an IPA as a PA.
-    pas: tuple[int, ...] = ()
-    pages: tuple[int, ...] = tuple(range(0x30))  # RAM page indexes (from GUEST_RAM)
-    dma_pages: tuple[int, ...] = ()  # the pages behind the devices' DMA buffers
-    # (device index, guest slot, RAM page index behind DMA_IOVA) per assigned device
-    buffers: tuple[tuple[int, int, int], ...] = ()
-    # virtio-iommu: (guest slot, domain, first IOVA, last IOVA) of each boot mapping
-    mappings: tuple[tuple[int, int, int, int], ...] = ()
-
-
-def _guest_translate(hyp, device: str, dom, iova: int) -> int | None:
-    """The guest address a device's boot domain maps `iova` to, as the guest set it."""
-    if hasattr(dom, "table"):
-        return dom.table.translate(iova)
-    viommu = hyp.guests[hyp.assigned[device][0]].viommu
-    for m in viommu.mappings(dom.id):
-        if m.virt_start <= iova <= m.virt_end:
-            return m.phys_start + iova - m.virt_start
-    return None
-
-
-def hints_from(system) -> Hints:
-    """Hints for a booted `runner.System`: its guests, streams and the guest IPAs
-    of every table, queue and DMA buffer the boot left behind."""
-    hyp = system.hyp
-    ipas: set[int] = set()
-    dma_pages: set[int] = set()
-    buffers = []
-    devices = list(hyp.devices)
-    for kernel in system.kernels.values():
-        for drv in kernel.drivers.values():
-            ipas |= {drv._strtab.base, drv._cmdq.base, drv._evtq.base}
-            ipas |= {table.ptr for table in drv._cd_tables.values()}
-    for device, dom in system.domains.items():
-        if hasattr(dom, "table"):  # a stage-1 domain (a virtio-iommu one has no guest table)
-            ipas.add(dom.table.ttb)
-        for iova in range(DMA_IOVA, DMA_IOVA + DMA_BUF, PAGE_SIZE):
-            buffer = _guest_translate(hyp, device, dom, iova)
-            if buffer is not None:
-                ipas.add(buffer)
-                dma_pages.add((buffer - GUEST_RAM) // PAGE_SIZE)
-        first = _guest_translate(hyp, device, dom, DMA_IOVA)
-        guest = hyp.assigned.get(device, ("",))[0]
-        if first is not None and guest[1:].isdigit():
-            buffers.append((devices.index(device), int(guest[1:]),
-                            (first - GUEST_RAM) // PAGE_SIZE))
-    slots = tuple(sorted(int(g[1:]) for g in hyp.guests if g[1:].isdigit()))
-    mappings = {(int(name[1:]), domain, m.virt_start, m.virt_end)
-                for name, guest in hyp.guests.items()
-                if name[1:].isdigit() and isinstance(guest.viommu, VirtioIommu)
-                for domain in guest.viommu.domains for m in guest.viommu.mappings(domain)}
-    return Hints(
-        guests=slots or (0,),
-        smmus=len(hyp.smmus),
-        devices=len(hyp.devices),
-        vsids=tuple(sorted({vsid for _, vsid in hyp.assigned.values()})) or (0,),
-        asids=tuple(sorted({dom.asid for dom in system.domains.values()
-                            if hasattr(dom, "asid")})) or (1,),
-        vmids=tuple(sorted(g.vmid for g in hyp.guests.values())) or (1,),
-        # (the pages either side of the boot buffers: a mapping next to an existing one,
-        # a range over both) ... and past the guest's IPA space, where stage 2 must
-        # fault: guest RAM's aliases there are what a walk that leaves the input
-        # size unchecked would index past its start table with
-        iovas=(DMA_IOVA, DMA_IOVA + DMA_BUF - PAGE_SIZE, DMA_IOVA - PAGE_SIZE,
-               DMA_IOVA + DMA_BUF, MSI_WINDOW[0], 1 << IPA_BITS,
-               *(k << IPA_BITS | GUEST_RAM for k in range(1, 8))),
-        ipas=tuple(sorted(ipas)),
-        pas=tuple(sorted({pa for g in hyp.guests.values()
-                          for pa in (g.s2.ttb, *sorted(g.pages.values())[:1])})),
-        pages=tuple(sorted({(ipa - GUEST_RAM) // PAGE_SIZE for ipa in ipas if ipa >= GUEST_RAM})),
-        dma_pages=tuple(sorted(dma_pages)),
-        buffers=tuple(sorted(buffers)),
-        mappings=tuple(sorted(mappings)),
-    )
 
 
 @dataclass(frozen=True)
@@ -227,7 +136,8 @@ def _hinted(f: Field, hints: Hints) -> list[int]:
     """Raw values of a field a person would try first, by the field's name."""
     name = f.name
     if f.addr_lo is not None:
-        return [_address(f, a) for a in (*hints.ipas, *hints.pas, *hints.iovas, 0)]
+        return [_address(f, a) for a in (*hints.ipas, *hints.pas, *hints.iovas, 0,
+                                          *(a for _, a in hints.aliases))]
     if name in ("SID", "STAG"):
         return list(hints.vsids)
     if name in ("VMID", "S2VMID"):
@@ -325,8 +235,9 @@ def word_layout(op: Op, operand: Operand, value: int | bytes) -> Layout | None:
 class Generator:
     """Meaningful operations and layout words, built field by field."""
 
-    def __init__(self, rng: random.Random, hints: Hints, bias: Bias):
+    def __init__(self, rng: random.Random, hints: Hints, bias: Bias, aim: Aim | None = None):
         self.rng, self.h, self.bias = rng, hints, bias
+        self.aim = aim if aim is not None else Aim(hints.aliases)
 
     def _pick(self, values, fresh: Callable[[], int] | None = None, p_fresh: float = 0.1):
         if fresh is not None and (not values or self.rng.random() < p_fresh):
@@ -351,10 +262,10 @@ class Generator:
 
     def pointer(self) -> int:
         """A guest's pointer in a vSTE or CD: an IPA where a structure lives, and
-        now and then a host PA (`Hints.pas`), which only a walk that skips stage 2
-        would reach."""
-        if self.h.pas and self.rng.random() < 0.1:
-            return self.rng.choice(self.h.pas)
+        now and then an address that is someone's memory as a PA (`Aim`), which only
+        a walk that skips stage 2 would reach."""
+        if self.rng.random() < 0.1 and (aimed := self.aim.pick(self.rng)) is not None:
+            return aimed
         return self.ipa()
 
     def guest(self) -> int:
@@ -448,6 +359,8 @@ class Generator:
         base = r.choice(self.h.iovas)
         page = base + PAGE_SIZE * r.randrange(DMA_BUF // PAGE_SIZE)
         near = [base, page, base + r.randrange(DMA_BUF)]
+        if r.random() < 0.05 and (aimed := self.aim.pick(r)) is not None:
+            return aimed  # someone's memory, if the SMMU let the IOVA through as a PA
         return self._pick(near, lambda: r.getrandbits(48), 0.1)
 
     def viommu_request(self) -> bytes:
@@ -645,6 +558,11 @@ class Mutator:
     hints: Hints = field(default_factory=Hints)
     bias: Bias = SYSTEM
     byte_mutate: ByteMutate | None = None  # e.g. atheris.Mutate; None: seeded, in Python
+    aim: Aim | None = None  # the crossings still to reach (None: all, from the hints)
+
+    def __post_init__(self):
+        if self.aim is None:
+            self.aim = Aim(self.hints.aliases)
 
     # -- libFuzzer entry points ------------------------------------------
     def mutate(self, data: bytes, max_size: int, seed: int) -> bytes:
@@ -655,7 +573,7 @@ class Mutator:
         p_bytes = BYTE_LEVEL_GARBAGE if data and canonical != data else BYTE_LEVEL
         if rng.random() < p_bytes:
             return self._bytes(data, max_size, rng)
-        gen = Generator(rng, self.hints, self.bias)
+        gen = Generator(rng, self.hints, self.bias, self.aim)
         for _ in range(1 + (rng.random() < 0.3) + (rng.random() < 0.1)):
             ops = self._mutate_program(ops, gen)
         return _fitted(ops, max_size, rng)

@@ -58,7 +58,7 @@ from vsmmu.sw.alloc import Allocator
 from vsmmu.sw.driver import SmmuDriver, cd, ste_abort, ste_bypass, ste_nested, ste_s1, ste_s2
 from vsmmu.sw.pagetable import IpaView, PageTable
 
-from .mutate import Hints
+from .hints import Hints
 from .program import OPS
 from .program import Op as ProgramOp
 from .runner import (

@@ -18,7 +18,8 @@ from vsmmu.arch.layouts import CmdError, Config, Event, FaultClass
 from vsmmu.arch.layouts import Op as Opcode
 from vsmmu.arch.virtio_layouts import REQ_TYPE_NAMES, Status
 
-from . import exits
+from . import crossings, exits
+from .crossings import PREFIX as CROSSINGS
 from .targets import ALL
 
 MAX_SIDECAR_BYTES = 1 << 20  # ours are a few hundred bytes
@@ -95,6 +96,8 @@ def _group_universes() -> dict[str, tuple[str, list[str]]]:
         "command errors (guest)": ("vsmmu.cerror:", cerrors),
         "virtio-iommu requests": ("viommu.request:", [*REQ_TYPE_NAMES.values(), "UNKNOWN"]),
         "virtio-iommu status": ("viommu.status:", [s.name for s in Status] + ["UNWRITTEN"]),
+        # fuzz/crossings.py: whose memory a guest's address, taken as a PA, would reach
+        "boundary crossings": (CROSSINGS, crossings.universe()),
     }
 
 
@@ -105,8 +108,8 @@ def groups_of(target: str) -> list[str]:
     """The groups a target can reach: the physical SMMU's always; the guests'
     vSMMUs' on the system targets; the virtio-iommu devices' on virtio-iommu; all
     of them on all targets."""
-    guest = {"smmu": (), "virtio-iommu": ("viommu.",), ALL: ("vsmmu.", "viommu.")}.get(
-        target, ("vsmmu.",))
+    guest = {"smmu": (), "virtio-iommu": ("viommu.", CROSSINGS),
+             ALL: ("vsmmu.", "viommu.", CROSSINGS)}.get(target, ("vsmmu.", CROSSINGS))
     return [g for g, (prefix, _) in GROUPS.items() if prefix.startswith(("smmu.", *guest))]
 
 

@@ -47,6 +47,7 @@ from vsmmu.sw.alloc import OutOfMemory
 from vsmmu.sw.driver import CommandError, DriverTimeout
 from vsmmu.sw.pagetable import MappingError
 
+from .crossings import Crossings
 from .program import GUEST_SLOTS, OPS
 from .program import Op as ProgramOp
 from .snapshot import Reset
@@ -89,6 +90,7 @@ class System:
     kernels: dict[str, GuestKernel | VirtioGuestKernel]
     domains: dict[str, Domain | ViommuDomain]  # device -> its boot domain
     monitor: Monitor | None
+    crossings: Crossings | None = None  # coverage: fuzz/crossings.py
 
 
 @dataclass
@@ -123,7 +125,8 @@ def boot(platform: Platform | None = None, *, monitor: bool = True, z3: bool = T
         kernel.dma_map(dom, DMA_IOVA, kernel.buffer(DMA_BUF), DMA_BUF)
         kernel.map_msi(dom)
         domains[device] = dom
-    system = System(hyp, kernels, domains, Monitor(hyp, z3_checks=z3) if monitor else None)
+    system = System(hyp, kernels, domains, Monitor(hyp, z3_checks=z3) if monitor else None,
+                    Crossings(hyp))
     if system.monitor:
         system.monitor.check()
     return system
@@ -202,8 +205,10 @@ def _checked_step(system: System, op: ProgramOp) -> None:
 def _coverage(system: System) -> set[str]:
     """What the run made the SMMUs do ("smmu.event:C_BAD_STE"), what guests made
     their vSMMUs do ("vsmmu.cmd:TLBI_NH_ASID") and their virtio-iommus answer
-    ("viommu.status:RANGE")."""
+    ("viommu.status:RANGE"), and which boundary crossings guest addresses made
+    ("cross.vsmmu.evtq:other-guest")."""
     reached = {f"smmu.{key}" for phys in system.hyp.smmus.values() for key in phys.smmu.reached}
+    reached |= system.crossings.reached
     for guest in system.hyp.guests.values():
         for vsmmu in guest.vsmmus.values():
             reached |= {f"vsmmu.{key}" for key in vsmmu.reached}
@@ -320,7 +325,9 @@ def _dma(system, op):
               atomic=bool(f & ATOMIC))
     if kw["write"]:
         kw["data"] = bytes(range(op.size + 1))
-    system.hyp.dma(_device(system, op.device), op.iova, op.size + 1, **kw)
+    device = _device(system, op.device)
+    system.crossings.dma(device, op.iova)
+    system.hyp.dma(device, op.iova, op.size + 1, **kw)
 
 
 def _ats(system, op):

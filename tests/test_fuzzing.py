@@ -19,7 +19,8 @@ import pytest
 
 from fuzz import campaign, dictionary, fuzz_command, parsers
 from fuzz.campaign import CampaignError, CampaignOptions, merge_corpora, run_campaign
-from fuzz.mutate import SEPARATOR, Generator, Hints, Mutator, mutate_field
+from fuzz.hints import Hints
+from fuzz.mutate import SEPARATOR, Generator, Mutator, mutate_field
 from fuzz.mutate import SYSTEM as SYSTEM_BIAS
 from fuzz.mutate import VIRTIO as VIRTIO_BIAS
 from fuzz.physical import PhysicalRunner

@@ -116,6 +116,8 @@ class Hypervisor:
         self.msis: list[Msi] = []
         self.unrouted: list[Fault] = []  # physical events of streams no guest owns
         self.mem.observers.append(self._observe)
+        # Watch every guest's IPA port (`IpaView.observers`), guests made later too.
+        self.view_observers: list = []
         for spec in self.platform.smmus:
             smmu = Smmu(self.mem, spec.features, spec.name)
             drv = SmmuDriver(smmu, self.mem, self.hyp_alloc, poll=smmu.tick)
@@ -162,8 +164,8 @@ class Hypervisor:
         s2.map(MSI_WINDOW[0], doorbell, PAGE_SIZE, exec=False)
         s2_ste = ste_s2(vmid=vmid, ttb=s2.ttb, t0sz=s2.tsz, sl0=s2.sl0, tg=PAGE_SIZE,
                         ps=IPA_BITS, s2r=True)
-        guest = Guest(spec.name, vmid, s2, IpaView(self.mem, s2), s2_ste, doorbell,
-                      spec.ram_mib << 20)
+        view = IpaView(self.mem, s2, self.view_observers)
+        guest = Guest(spec.name, vmid, s2, view, s2_ste, doorbell, spec.ram_mib << 20)
         self.guests[spec.name] = guest
         self.map(spec.name, GUEST_RAM, guest.ram)
         if spec.viommu == "virtio":

@@ -311,10 +311,13 @@ class IpaView:
     port a guest (its driver, its page-table builder) and a vSMMU acting on its
     behalf use.  Same shape as `PhysMem` (initiators pass through to observers);
     accesses are split at granule boundaries; an unmapped IPA is a `BusError`
-    at that IPA, before anything is touched."""
+    at that IPA, before anything is touched.  `observers` see every access as
+    the IPA asked for, its PA (None: unmapped) before it is made, and who made it:
+    (kind "r"/"w", ipa, size, initiator, pa)."""
 
-    def __init__(self, mem: PhysMem, s2: PageTable):
+    def __init__(self, mem: PhysMem, s2: PageTable, observers: list | None = None):
         self.mem, self.s2 = mem, s2
+        self.observers = observers if observers is not None else []
         # IPA page -> PA page (None: unmapped), as of s2.changes == _seen.  The
         # hypervisor is the only writer of its stage-2 tables and writes them through
         # s2, so a translation stays right until s2 writes again (as a CPU's TLB
@@ -347,14 +350,23 @@ class IpaView:
         return None if pa is None else pa + (ipa - page)
 
     def read(self, addr: int, size: int, initiator: object = None) -> bytes:
+        if self.observers:
+            self._notify("r", addr, size, initiator)
         return b"".join(self.mem.read(pa, n, initiator)
                         for pa, n in self._pieces(addr, size, False))
 
     def write(self, addr: int, data: bytes, initiator: object = None) -> None:
+        if self.observers:
+            self._notify("w", addr, len(data), initiator)
         pos = 0
         for pa, n in self._pieces(addr, len(data), True):
             self.mem.write(pa, data[pos : pos + n], initiator)
             pos += n
+
+    def _notify(self, kind: str, ipa: int, size: int, initiator: object) -> None:
+        pa = self.pa_of(ipa)
+        for observe in self.observers:
+            observe(kind, ipa, size, initiator, pa)
 
     def read_int(self, addr: int, size: int, initiator: object = None) -> int:
         return int.from_bytes(self.read(addr, size, initiator), "little")
