@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from properties.architecture import (
     beyond_table,
     check_consumed,
+    check_not_rejected,
     check_reported,
     check_rings,
     check_stream_bounds,
@@ -174,12 +175,15 @@ def hints(rig: Rig) -> Hints:
 
 def _push(rig: Rig, *words: int) -> None:
     """The driver queues commands; the SMMU must not consume an illegal one
-    without stopping on it (`check_consumed`)."""
+    without stopping on it (`check_consumed`), nor stop on one it must perform
+    (`check_not_rejected`)."""
     before = rings(rig.smmu)
     try:
         rig.drv.submit(*words)
     except GUEST_ERRORS:
         return
+    finally:  # did the queue stop on a command it must perform?
+        check_not_rejected(rig.smmu, before)
     check_consumed(rig.smmu, before, rings(rig.smmu), len(words))
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
+from properties.architecture import check_consumed, check_not_rejected, check_rings, rings
 from properties.monitor import Monitor
 from properties.violations import NO_CRASH, Violation
 from vsmmu.arch.faults import FaultError
@@ -241,7 +242,24 @@ def _device(system: System, index: int) -> str:
 
 
 def _push(system: System, guest: str, smmu: str, *cmds: int) -> None:
-    system.kernels[guest].drivers[smmu].submit(*cmds)
+    """The guest's driver queues commands.  With the invariants on, its vSMMU must
+    behave as an SMMUv3 to it (properties/architecture.py `queue-protocol`): no
+    illegal command consumed without stopping on it, no progress while CMDQ_ERR."""
+    vsmmu = system.hyp.guests[guest].vsmmus[smmu]
+    if not system.monitor:
+        system.kernels[guest].drivers[smmu].submit(*cmds)
+        return
+    before = rings(vsmmu)
+    try:
+        try:
+            system.kernels[guest].drivers[smmu].submit(*cmds)
+        finally:  # did its queue stop on a command it must perform?
+            check_not_rejected(vsmmu, before)
+        check_rings(vsmmu, before)
+        check_consumed(vsmmu, before, rings(vsmmu), len(cmds))
+    except Violation as v:
+        v.witness["vsmmu"] = vsmmu.name
+        raise
 
 
 def execute(system: System, op: ProgramOp) -> None:

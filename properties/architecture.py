@@ -19,9 +19,13 @@ Checked after every operation of the `smmu` target (fuzz/physical.py):
     C_BAD_STREAMID, never in an STE read from past the table;
   * `queue-protocol`, read from the registers as software sees them: an
     undefined command opcode, or CMD_SYNC with CS=0b11, stops the command
-    queue with CERROR_ILL; while CMDQ_ERR is active the queue does not move;
-    neither queue's PROD and CONS ever drift more than its size apart (the
-    SMMU never overwrites events software has not consumed).
+    queue with CERROR_ILL; and the converse, a well-formed command the SMMU
+    must perform (`must_accept`) never does; while CMDQ_ERR is active the
+    queue does not move; neither queue's PROD and CONS ever drift more than
+    its size apart (the SMMU never overwrites events software has not consumed).
+
+The command-queue checks hold of every SMMUv3 a guest sees too: the system
+targets apply them to each vSMMU (fuzz/runner.py).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vsmmu.arch.faults import RECORD_CONTROLLED, Fault
-from vsmmu.arch.layouts import COMMANDS, EVENT, REG, Event, Op
+from vsmmu.arch.layouts import COMMANDS, EVENT, REG, CmdError, Event, Op
 from vsmmu.arch.queue import QueueGeometry
 from vsmmu.hw.smmu import Smmu
 
@@ -123,6 +127,45 @@ def illegal_command(word: int) -> bool:
     CMD_SYNC with the reserved CS=0b11."""
     op = word & 0xFF
     return op not in COMMANDS or (op == Op.SYNC and COMMANDS[Op.SYNC].get(word, "CS") == 0b11)
+
+# Commands with no parameter an SMMU may call ILLEGAL (IHI 0070 §4.1.3), by the
+# IDR0 feature they need (None: every SMMU): well formed, that is with SSec=0
+# (§4.1.6) and every RES0 bit zero (§4.1.5 lets an SMMU reject those), an SMMU
+# with the feature must perform them.  Range TLBIs and CFGI_STE_RANGE are left
+# out: some of their parameter combinations are ILLEGAL.
+MUST_ACCEPT = {Op.PREFETCH_CONFIG: None, Op.CFGI_STE: None, Op.TLBI_NSNH_ALL: None,
+               Op.SYNC: None, Op.CFGI_CD: "S1P", Op.CFGI_CD_ALL: "S1P",
+               Op.TLBI_NH_ALL: "S1P", Op.TLBI_NH_ASID: "S1P"}
+
+
+def must_accept(smmu: Smmu, word: int) -> bool:
+    """Whether `smmu`, by its IDR0, must perform the command `word` (not CERROR_ILL)."""
+    op = word & 0xFF
+    if op not in MUST_ACCEPT or illegal_command(word):
+        return False
+    layout = COMMANDS[op]
+    if word & layout.reserved_mask or ("SSEC" in layout and layout.get(word, "SSEC")):
+        return False
+    feature = MUST_ACCEPT[Op(op)]
+    return feature is None or bool(_field(smmu, "IDR0", feature))
+
+
+def check_not_rejected(smmu: Smmu, before: dict[str, Ring | int | None]) -> None:
+    """A command queue that has just stopped with CERROR_ILL stopped on a command
+    it may reject: not on one `must_accept` says it must perform."""
+    old = before.get("CMDQ")
+    if before["cmdq_error"] is not None or not isinstance(old, Ring):
+        return
+    if not _gerror_active(smmu, "CMDQ_ERR") or _field(smmu, "CMDQ_CONS", "ERR") != CmdError.ILL:
+        return
+    entries = 1 << old.log2
+    base = _field(smmu, "CMDQ_BASE", "ADDR") & ~((16 << old.log2) - 1)
+    slot = base + (_field(smmu, "CMDQ_CONS", "RD") & (entries - 1)) * 16
+    word = smmu.mem.read_int(slot, 16)
+    if must_accept(smmu, word):
+        raise Violation(QUEUE_PROTOCOL, dict(queue="cmdq", problem="legal command rejected",
+                                             command=word, slot=slot))
+
 
 def check_consumed(smmu: Smmu, before: dict[str, Ring | int | None],
                    after: dict[str, Ring | int | None], pushed: int) -> None:
