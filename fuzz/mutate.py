@@ -14,7 +14,8 @@ a flipped enable bit, or one reserved bit (`Layout.reserved_mask`) set.
 An operation that takes a resource (a page a device's DMA reached, a
 virtio-iommu mapping) is often aimed at one the operations before it made or
 used, when inserted or mutated: an UNMAP runs from the edge of one mapping to
-the edge of another, a MAP lands next to one.  `Mutator.crossover` splices two
+the edge of another, a MAP lands next to one, a guest is destroyed or a device
+taken back right after a DMA filled the SMMUs' caches for it.  `Mutator.crossover` splices two
 programs with a `step` between them, so one behaviour runs after the other has
 settled.
 
@@ -69,7 +70,8 @@ BYTE_LEVEL = 0.05  # share of mutations left to the byte-level mutator
 BYTE_LEVEL_GARBAGE = 0.5  # ... for inputs that are not canonical programs
 # How often a new operation that takes a resource is aimed at one the program
 # made or used (`Generator.aimed`); an existing one is re-aimed half as often.
-AIMED = {"s2_unmap": 0.5, "reassign": 0.5, "viommu_unmap": 0.5, "viommu_map": 0.3}
+AIMED = {"s2_unmap": 0.5, "reassign": 0.5, "viommu_unmap": 0.5, "viommu_map": 0.3,
+         "destroy": 0.5, "deassign": 0.5}
 SEPARATOR = Op(OP_BY_NAME["step"], (3,))  # between crossed-over programs: queues settle
 
 ByteMutate = Callable[[bytes, int], bytes]
@@ -467,6 +469,8 @@ class Generator:
             others = [g for g in self.h.guests if g != args["guest"]]
             if name == "reassign" and args["dst"] == args["guest"] and others:
                 args["dst"] = self.rng.choice(others)
+        elif name in ("destroy", "deassign"):  # tear down what a device just cached
+            args.update(self._dma_owner(before, name == "destroy"))
         elif name == "viommu_unmap":
             args.update(self._mapped_range(before))
         elif name == "viommu_map":
@@ -524,6 +528,16 @@ class Generator:
                     guest, page = buffers[device]
                     reached.append({"guest": guest, "page": page + offset // PAGE_SIZE})
         return self.rng.choice(reached) if reached else {}
+
+
+    def _dma_owner(self, before: Sequence[Op], guest: bool) -> dict[str, int]:
+        """The device an earlier DMA came from (`guest`: the slot of the guest it was
+        assigned to at boot), whose translations the SMMUs may still cache."""
+        slots = {device: slot for device, slot, _ in self.h.buffers}
+        used = [op.device % max(self.h.devices, 1) for op in before if op.spec.name == "dma"]
+        if guest:
+            used = [slots[d] for d in used if d in slots]
+        return {("guest" if guest else "device"): self.rng.choice(used)} if used else {}
 
 
 def _fit(operand: Operand, value: int) -> int:

@@ -119,6 +119,18 @@ def test_virtio_maps_and_unmaps_aim_at_the_edges_of_mappings():
     assert (0, 4) in mutated
 
 
+def test_teardowns_aim_at_the_device_a_dma_used():
+    # device 5 is g0's (slot 0) on the fuzzing platform; device 1 is g1's
+    hints = Hints(guests=(0, 1), devices=6, buffers=((5, 0, 0x10), (1, 1, 0x10)))
+    gen = Generator(random.Random(3), hints, SYSTEM_BIAS)
+    before = parse(f"dma device=0x5 iova={DMA_IOVA:#x} size=0x3 flags=0x1 ssid=0x0")
+    destroyed = [gen.op("destroy", before).guest for _ in range(200)]
+    deassigned = [gen.op("deassign", before).device for _ in range(200)]
+    # half re-aimed at the DMA's guest and device; the rest as they came
+    assert destroyed.count(0) > 120 and 1 in destroyed
+    assert deassigned.count(5) > 80 and len(set(deassigned)) > 2
+
+
 @pytest.mark.parametrize("layout", [STE, CD, COMMANDS[Opcode.TLBI_NH_VA],
                                     COMMANDS[Opcode.CFGI_STE], COMMANDS[Opcode.SYNC]],
                          ids=lambda layout: layout.name)
