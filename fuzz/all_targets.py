@@ -5,16 +5,15 @@ yardstick (`vsmmu bench mutants`) found 11 of 20 sampled mutants in code the
 system harness never runs (the virtio-iommu devices), and slips in vSTE
 validation or command forwarding that only `vste` or `command` reach quickly.
 
-How the time is shared: in rounds of at most ROUND seconds, every target
+How the time is shared: in equal rounds of at most ROUND seconds, every target
 fuzzing its SHARES of the round as a campaign of its own (fuzz/campaign.py:
 its working corpus <corpus>/<target>, its seeds corpora/<target>/, `--jobs`
-workers), all writing into one artifacts directory.  Each slice's length is
-worked out when it starts, from what is left of the round, so the overheads of
-the slices before it (start-up, stopping, classifying artifacts) come out of
-the round and not on top of it.  Rounds, not one pass, so that a long or
-interrupted campaign has given every target its time; each slice restarts its
-harness (about 1.5 s here: interpreter, instrumentation, boot, corpus load),
-about 2.5% of a 300 s round for the five.  `--runs N` is split by the same shares in one round.
+workers), all writing into one artifacts directory.  Rounds, not one pass, so
+that a long or interrupted campaign has given every target its time.  Each
+slice's harness starts anew and its artifacts are classified when it stops;
+those overheads (about 2 s a slice here) come on top of the slices' time, so
+that the last target of a round is not the one squeezed: a 60 s campaign
+takes about 70 s.  `--runs N` is split by the same shares in one round.
 
 Then one coverage replay per target (sharing the replay budget by the same
 shares), and one result: the findings of every target deduplicated by signature
@@ -26,6 +25,7 @@ and `parts` (`targets` in `--json`) each target's own figures.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -91,7 +91,7 @@ class AllTargets:
         done: dict[str, list[tuple[float, CampaignResult]]] = {t: [] for t in SHARES}
         with _corpus_lock(self.root), _stop_signals(self._signalled):
             try:
-                for target, changes in self._slices(start):
+                for target, changes in self._slices():
                     offset = time.monotonic() - start
                     campaign = Campaign(self._options(target, **changes))
                     self.campaigns[target] = campaign
@@ -114,29 +114,24 @@ class AllTargets:
             errors=_union(e for p in parts for e in p.errors),
             unreproduced=_union(u for p in parts for u in p.unreproduced),
             corpus_dir=str(self.root), artifacts_dir=str(self.campaigns["system"].artifacts),
-            slow_inputs=_union(s for p in parts for s in p.slow_inputs), parts=parts)
+            slow_inputs=_union(s for p in parts for s in p.slow_inputs), parts=parts,
+            timeline=_timeline(parts))
 
-    def _slices(self, start: float):
-        """(target, options) of each slice in turn, until the time or the runs are
-        spent or a signal; every target gets at least one slice."""
+    def _slices(self):
+        """(target, options) of each slice in turn: equal rounds of at most ROUND
+        seconds, each target its SHARES of every round; `--runs` in one round."""
         total = sum(SHARES.values())
         o = self.o
         if o.time is None and o.runs is not None:
             for target, share in SHARES.items():
                 yield target, {"runs": max(1, o.runs * share // total), "time": None}
             return
-        deadline = start + (o.time if o.time is not None else DEFAULT_TIME)
-        first = True
-        while first or deadline - time.monotonic() >= MIN_SLICE:
-            round_end = min(time.monotonic() + ROUND, deadline)
-            left = total
+        budget = o.time if o.time is not None else DEFAULT_TIME
+        rounds = max(1, math.ceil(budget / ROUND))
+        for _ in range(rounds):
             for target, share in SHARES.items():
-                seconds = (round_end - time.monotonic()) * share / left
-                left -= share
-                if seconds < MIN_SLICE and not first:
-                    continue
-                yield target, {"time": max(MIN_SLICE, seconds), "runs": None}
-            first = False
+                yield target, {"time": max(MIN_SLICE, budget / rounds * share / total),
+                               "runs": None}
 
     def _part(self, target: str, runs: list[tuple[float, CampaignResult]]) -> CampaignResult:
         """A target's slices as one result: its figures summed, its findings as its
@@ -152,6 +147,11 @@ class AllTargets:
                     f.found_after += offset
                 found[f.signature] = f
         last = runs[-1][1]
+        timeline, before = [], 0  # the target's executions in its earlier slices
+        for offset, r in runs:
+            timeline += [{**sample, "t": round(sample["t"] + offset, 1),
+                          "execs": before + sample["execs"]} for sample in r.timeline]
+            before += r.execs
         return dataclasses.replace(
             last, execs=sum(r.execs for _, r in runs), seconds=sum(r.seconds for _, r in runs),
             findings=list(found.values()), cov=max(r.cov for _, r in runs),
@@ -159,7 +159,7 @@ class AllTargets:
             interrupted=any(r.interrupted for _, r in runs),
             errors=_union(e for _, r in runs for e in r.errors),
             unreproduced=_union(u for _, r in runs for u in r.unreproduced),
-            slow_inputs=_union(s for _, r in runs for s in r.slow_inputs))
+            slow_inputs=_union(s for _, r in runs for s in r.slow_inputs), timeline=timeline)
 
     def _coverage(self, parts: list[CampaignResult]) -> tuple[set[str], int]:
         """Each target's corpus and seeds replayed, the budget shared by SHARES."""
@@ -194,6 +194,16 @@ def _merge(parts: list[CampaignResult]) -> list[Finding]:
         else:
             first.duplicates += f.duplicates + 1
     return list(merged.values())
+
+
+def _timeline(parts: list[CampaignResult]) -> list[dict]:
+    """The targets' samples in time order, with the campaign's executions so far."""
+    latest: dict[str, int] = {}  # each target's executions so far
+    out = []
+    for s in sorted((s for p in parts for s in p.timeline), key=lambda s: s["t"]):
+        latest[s["target"]] = s["execs"]
+        out.append({**s, "execs": sum(latest.values())})
+    return out
 
 
 def _union(items) -> list[str]:

@@ -92,6 +92,7 @@ UNREPRODUCED = f"{NO_CRASH}:unreproduced"  # an artifact whose replay is clean
 STOP_GRACE = 5.0  # seconds past the deadline before workers are stopped (SIGINT)
 MAX_FRUITLESS_RESTARTS = 5  # restarts in a row without fuzzing before giving up
 COVERAGE_BUDGET = 120.0  # seconds for the final corpus replay
+TIMELINE_EVERY = 1.0  # seconds between samples of the campaign's figures (--report)
 
 
 def base_flags(artifacts: Path, *, dictionary: bool = True) -> list[str]:
@@ -315,6 +316,7 @@ class Campaign:
 
     def _run(self, settings: Settings) -> CampaignResult:
         self.findings: dict[str, Finding] = {}
+        self.timeline: list[dict[str, float | int | str]] = []
         self.unreproduced: list[str] = []
         self.handled: set[str] = set()
         self.interrupted = False
@@ -355,7 +357,7 @@ class Campaign:
             cov=max((w.cov for w in workers), default=0),
             restarts=sum(w.restarts for w in workers), interrupted=self.interrupted,
             errors=errors, unreproduced=self.unreproduced, corpus_dir=str(self.corpus),
-            artifacts_dir=str(self.artifacts), slow_inputs=slow)
+            artifacts_dir=str(self.artifacts), slow_inputs=slow, timeline=self.timeline)
 
     def _signalled(self) -> bool:
         """SIGINT, SIGTERM or SIGHUP: the first one during the fuzzing stops it (True:
@@ -373,7 +375,7 @@ class Campaign:
         self._write_known()
         for w in workers:
             self._start(w, deadline, env, lines)
-        last_scan = last_progress = 0.0
+        last_scan = last_progress = last_sample = 0.0
         while not all(w.finished for w in workers):
             try:
                 job, line = lines.get(timeout=0.2)
@@ -390,6 +392,12 @@ class Campaign:
                 last_scan = now
                 if self._scan_artifacts(settle=0.3):
                     self._write_known()
+            if now - last_sample >= TIMELINE_EVERY:
+                last_sample = now
+                self.timeline.append({
+                    "t": round(now - start, 1), "target": self.o.target,
+                    "execs": sum(w.total for w in workers),
+                    "cov": max(w.cov for w in workers), "corpus": _count(self.corpus)})
             if now - last_progress >= self._progress_every():
                 last_progress = now
                 self._show_progress(workers, now - start)

@@ -12,11 +12,11 @@ import argparse
 import json
 import sys
 
-from . import options, sarif
+from . import options, report, sarif
 from . import version as fuzz_version
 from .all_targets import run_all
 from .campaign import DEFAULT_TIME, CampaignError, CampaignOptions, run_campaign
-from .outputs import unwritable_file, write_report
+from .outputs import unwritable_dir, unwritable_file, write_report
 from .results import CampaignResult, format_result
 from .targets import ALL, TARGETS
 
@@ -56,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (the progress line goes to stderr)")
     options.add_sarif(parser)
+    parser.add_argument("--report", metavar="DIR", help="also write a campaign report: "
+                        "DIR/report.html (self-contained) and DIR/report.json")
     parser.add_argument("libfuzzer_args", nargs="*", metavar="-- FLAG",
                         help="after --: raw libFuzzer flags, passed through "
                         "(e.g. -- -max_len=2048 -use_value_profile=1)")
@@ -74,7 +76,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         if args.sarif and (why := unwritable_file(args.sarif, "--sarif")):
             raise CampaignError(why)
-        result = run(options_from_args(args))
+        if args.report and (why := unwritable_dir(args.report, "--report")):
+            raise CampaignError(why)
+        o = options_from_args(args)
+        result = run(o)
     except CampaignError as e:
         print(f"vsmmu fuzz: {e}", file=sys.stderr)
         return 2
@@ -84,6 +89,9 @@ def main(args: argparse.Namespace) -> int:
                  for f in result.findings]
         if why := write_report(args.sarif, sarif.log(rules, found, version=fuzz_version())):
             result.errors.append(why)
+    if args.report and (why := report.write(result, args.report, platform=o.platform,
+                                             plant=o.plant)):
+        result.errors.append(why)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
     else:

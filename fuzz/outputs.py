@@ -27,6 +27,15 @@ def unwritable_file(path: str, flag: str) -> str | None:
     return unwritable(Path(path).resolve().parent, flag)
 
 
+def unwritable_dir(path: str, flag: str) -> str | None:
+    """Why the directory `path` (given with `flag`) could not be made or written."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"cannot create the {flag} directory {path}: {e.strerror or e}"
+    return unwritable(Path(path), flag)
+
+
 def write_report(path: str, content: str | dict[str, Any]) -> str | None:
     """Write a report (text, or a JSON object); why it failed, or None."""
     text = content if isinstance(content, str) else json.dumps(content, indent=2) + "\n"

@@ -141,6 +141,9 @@ class CampaignResult:
     slow_inputs: list[str] = field(default_factory=list)  # libFuzzer's slow-unit-* files
     # --target all: each target's own result (its findings are in `findings` too)
     parts: list[CampaignResult] = field(default_factory=list)
+    # {"t", "target", "execs" (the campaign's so far), "cov", "corpus" (the target's)}
+    # once a second: what `--report` plots; not in `--json`
+    timeline: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def execs_per_sec(self) -> float:

@@ -8,7 +8,6 @@ import json
 import pytest
 from test_fuzzing import STALE_TLB
 
-from fuzz import all_targets
 from fuzz.all_targets import MIN_SLICE, ROUND, SHARES, AllTargets, _merge, run_all
 from fuzz.campaign import CampaignOptions
 from fuzz.program import encode, parse
@@ -16,49 +15,34 @@ from fuzz.results import GROUPS, CampaignResult, Finding, format_result
 from fuzz.targets import ALL, TARGETS
 
 
-class Clock:
-    """time.monotonic for all_targets: each slice takes exactly its time."""
-
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _plan(monkeypatch, tmp_path, **o) -> list[tuple[str, float | None, int | None]]:
-    clock = Clock()
-    monkeypatch.setattr(all_targets.time, "monotonic", clock)
+def _plan(tmp_path, **o) -> list[tuple[str, float | None, int | None]]:
     runner = AllTargets(CampaignOptions(target=ALL, corpus=str(tmp_path),
                                         artifacts=str(tmp_path / "a"), **o))
-    out = []
-    for target, changes in runner._slices(clock()):
-        out.append((target, changes["time"], changes["runs"]))
-        clock.now += changes["time"] or 0
-    return out
+    return [(target, c["time"], c["runs"]) for target, c in runner._slices()]
 
 
-def test_a_minute_is_one_round_shared_by_the_shares(monkeypatch, tmp_path):
-    plan = _plan(monkeypatch, tmp_path, time=60)
+def test_a_minute_is_one_round_shared_by_the_shares(tmp_path):
+    plan = _plan(tmp_path, time=60)
     assert [t for t, _, _ in plan] == list(SHARES) and set(SHARES) == set(TARGETS)
     # two shares of six for the system harness, one for each other
     assert [round(s, 6) for _, s, _ in plan] == [20.0, 10.0, 10.0, 10.0, 10.0]
 
 
-def test_a_long_campaign_gives_every_target_a_turn_each_round(monkeypatch, tmp_path):
-    plan = _plan(monkeypatch, tmp_path, time=2 * ROUND)
-    assert [t for t, _, _ in plan] == list(SHARES) * 2
-    assert sum(s for _, s, _ in plan) == pytest.approx(2 * ROUND)
+def test_a_long_campaign_gives_every_target_a_turn_each_round(tmp_path):
+    plan = _plan(tmp_path, time=2.5 * ROUND)  # three equal rounds
+    assert [t for t, _, _ in plan] == list(SHARES) * 3
+    assert sum(s for _, s, _ in plan) == pytest.approx(2.5 * ROUND)
+    assert max(s for _, s, _ in plan) == pytest.approx(2.5 * ROUND / 3 * 2 / 6)
 
 
-def test_a_short_campaign_still_runs_every_target(monkeypatch, tmp_path):
-    plan = _plan(monkeypatch, tmp_path, time=5)
+def test_a_short_campaign_still_runs_every_target(tmp_path):
+    plan = _plan(tmp_path, time=5)
     assert [t for t, _, _ in plan] == list(SHARES)
     assert all(s >= MIN_SLICE for _, s, _ in plan)
 
 
-def test_runs_are_split_by_the_shares(monkeypatch, tmp_path):
-    plan = _plan(monkeypatch, tmp_path, runs=60)
+def test_runs_are_split_by_the_shares(tmp_path):
+    plan = _plan(tmp_path, runs=60)
     assert plan == [("system", None, 20), ("vste", None, 10), ("command", None, 10),
                     ("virtio-iommu", None, 10), ("smmu", None, 10)]
 
