@@ -73,6 +73,14 @@ BYTE_LEVEL_GARBAGE = 0.5  # ... for inputs that are not canonical programs
 AIMED = {"s2_unmap": 0.5, "reassign": 0.5, "viommu_unmap": 0.5, "viommu_map": 0.3,
          "destroy": 0.5, "deassign": 0.5}
 SEPARATOR = Op(OP_BY_NAME["step"], (3,))  # between crossed-over programs: queues settle
+# A guest moves its vSMMU's stream table or a queue only with that structure
+# disabled (IHI 0070 §6.3.26 SMMU_CMDQ_BASE "is Guarded by SMMU_CR0.CMDQEN"; the
+# stream table and event queue bases likewise by SMMUEN and EVENTQEN):
+# `Generator.relocation` inserts CR0 off, the base at an aimed address, CR0 on,
+# three register writes that single insertions almost never line up.
+RELOCATE = 0.05  # share of insertions that move one (where the bias writes registers)
+RELOCATABLE = {"STRTAB_BASE": "SMMUEN", "CMDQ_BASE": "CMDQEN", "EVENTQ_BASE": "EVENTQEN"}
+_REG_INDEX = {reg.name: i for i, reg in enumerate(REGISTERS)}
 
 ByteMutate = Callable[[bytes, int], bytes]
 
@@ -460,6 +468,21 @@ class Generator:
             args = self.aimed(name, args, before)
         return Op(code, tuple(args.values()))
 
+    def relocation(self) -> list[Op]:
+        """A guest's vSMMU structure moved to an address aimed at a crossing not yet
+        reached (`Aim`): disable it, write its base, enable everything again."""
+        r, cr0 = self.rng, REGISTERS[_REG_INDEX["CR0"]].layout
+        base = r.choice(sorted(RELOCATABLE))
+        on = cr0.encode(SMMUEN=1, EVENTQEN=1, CMDQEN=1)
+        layout = REGISTERS[_REG_INDEX[base]].layout
+        addr = self.aim.pick(r)
+        value = layout.encode(ADDR=self.ipa() if addr is None else addr,
+                              **({} if base == "STRTAB_BASE" else {"LOG2SIZE": 4}))
+        guest, smmu, write = self.guest(), r.randrange(max(self.h.smmus, 1)), OP_BY_NAME[
+            "mmio_write"]
+        return [Op(write, (guest, smmu, _REG_INDEX[reg], v)) for reg, v in (
+            ("CR0", cr0.put(on, RELOCATABLE[base], 0)), (base, value), ("CR0", on))]
+
     def aimed(self, name: str, args: dict, before: Sequence[Op]) -> dict:
         """`args` of an operation that takes a resource (a page DMA reached, a
         mapping), re-aimed at one the operations `before` made or used."""
@@ -623,7 +646,10 @@ class Mutator:
         i = r.randrange(len(ops))
         if kind == "insert":
             at = r.randrange(len(ops) + 1)
-            ops.insert(at, gen.op(before=ops[:at]))
+            if "mmio_write" in self.bias.ops and r.random() < RELOCATE:
+                ops[at:at] = gen.relocation()
+            else:
+                ops.insert(at, gen.op(before=ops[:at]))
         elif kind == "delete":
             del ops[i]
         elif kind == "duplicate":

@@ -90,3 +90,33 @@ def test_the_mutator_keeps_one_aim_and_is_still_repeatable():
     assert Generator(random.Random(0), hints, m.bias, m.aim).aim is m.aim
     outputs = [m.mutate(b"", 1024, seed) for seed in range(30)]
     assert outputs == [Mutator(hints).mutate(b"", 1024, seed) for seed in range(30)]
+
+
+def test_a_relocation_moves_a_structure_while_it_is_disabled():
+    from fuzz.mutate import RELOCATABLE, SYSTEM
+    from vsmmu.arch.layouts import REGISTERS
+
+    system = boot(monitor=False)
+    hints = hints_from(system)
+    gen = Generator(random.Random(2), hints, SYSTEM)
+    seen = set()
+    for _ in range(60):
+        off, base, on = gen.relocation()
+        names = [REGISTERS[op.reg].name for op in (off, base, on)]
+        assert names[0] == names[2] == "CR0" and names[1] in RELOCATABLE
+        cr0 = REGISTERS[off.reg].layout
+        assert cr0.get(off.value, RELOCATABLE[names[1]]) == 0 and on.value == 0xD
+        seen.add(names[1])
+        assert off.guest == base.guest == on.guest and off.smmu == base.smmu == on.smmu
+    assert seen == set(RELOCATABLE)
+    # moved to another guest's RAM, the event queue's next record is an other-guest
+    # crossing, which the vSMMU refuses (unmapped IPA for g0): the model stays clean
+    g1_ram = _first_page(system, "g1")
+    evtq = REGISTERS.index(next(r for r in REGISTERS if r.name == "EVENTQ_BASE"))
+    cr0 = REGISTERS.index(next(r for r in REGISTERS if r.name == "CR0"))
+    prog = parse(f"mmio_write guest=0x0 smmu=0x0 reg={cr0:#x} value=0x9\n"
+                 f"mmio_write guest=0x0 smmu=0x0 reg={evtq:#x} value={g1_ram | 4:#x}\n"
+                 f"mmio_write guest=0x0 smmu=0x0 reg={cr0:#x} value=0xd\n"
+                 "dma device=0x0 iova=0x0 size=0x3 flags=0x0 ssid=0x0\n")
+    result = Runner().run(prog)
+    assert result.ok and "cross.vsmmu.evtq:other-guest" in result.coverage
