@@ -16,9 +16,12 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import stat
+import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -437,3 +440,64 @@ def test_rediscovers_the_s2aa64_crash():
     assert r.verdict == "peer-crash" and r.known == ["crash-s2aa64-0"]
     assert "decode_ste_s2_cfg" in r.qemu.crash
 
+
+
+def _replay(binary: str, script: str, bios: str, linger: float) -> tuple[list[str], int | None]:
+    """QEMU's answers to a qtest script fed on stdin, one a line, and its exit status
+    if it ended by itself within `linger` seconds of the last answer (None: it did
+    not; it does not exit at the end of its input, and is then stopped)."""
+    from fuzz.peers.qemu_peer import MACHINE_ARGS
+
+    lines = script.splitlines()
+    proc = subprocess.Popen([binary, *MACHINE_ARGS, "-bios", bios, "-qtest", "stdio",
+                             "-qtest-log", "/dev/null"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    def feed():  # in a thread: QEMU's answers fill the other pipe meanwhile
+        proc.stdin.write(script)
+        proc.stdin.close()
+
+    threading.Thread(target=feed, daemon=True).start()
+    try:
+        answers = []
+        while len(answers) < len(lines) and (line := proc.stdout.readline()):
+            answers.append(line.rstrip("\n"))
+        try:
+            return answers, proc.wait(linger)
+        except subprocess.TimeoutExpired:
+            return answers, None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@needs_qemu
+@pytest.mark.parametrize("index, dies", [(22, False), (6, True)])  # l1std-span; cd-ips-52
+def test_emit_qtest_writes_a_script_qemu_alone_replays(tmp_path, capsys, index, dies):
+    binary = require_qemu()
+    path = tmp_path / "case.qtest"
+    parser = argparse.ArgumentParser()
+    diff.add_arguments(parser)
+    args = parser.parse_args(["--seed", "0", "--start", str(index), "--cases", "1",
+                              "--emit-qtest", str(path)])
+    assert diff.main(args) == 0  # a known divergence
+    script = path.read_text()
+    assert "\n\n" not in script  # an empty line would abort QEMU's qtest server
+    assert f"--seed 0 --start {index} --cases 1" in script.splitlines()[0]
+    assert "expected (ours):" in script and "observed (QEMU):" in script
+    bios = tmp_path / "wfi.bin"
+    bios.write_bytes(bytes.fromhex("7f2003d5ffffff17"))
+    answers, status = _replay(binary, script, str(bios), linger=5.0 if dies else 0.5)
+    lines = script.splitlines()
+    checked = 0
+    for i, (command, answer) in enumerate(zip(lines, answers, strict=False)):
+        recorded = lines[i + 1] if i + 1 < len(lines) else ""
+        edu_poll = command.startswith("readq ") and command.endswith("98")  # DMA CMD
+        if recorded.startswith("# QEMU: ") and not edu_poll:
+            assert answer == recorded.removeprefix("# QEMU: "), (i, command)
+            checked += 1
+    assert checked > 20
+    assert len(answers) == len(lines)
+    if dies:  # the replay kills QEMU as the recording did (SIGABRT: an assertion)
+        assert "# QEMU died here" in script and status == -signal.SIGABRT
+    else:
+        assert status is None

@@ -18,6 +18,7 @@ The modules of `fuzz.peers`, each importing only from those listed before it:
     (`QemuTarget`) -> `Observation`;
   * `divergences`: the known divergences (`KNOWN_DIVERGENCES`, `NORMALISATIONS`)
     and `classify`, which explains a divergence by them or reports it unexplained;
+  * `reproducer`: a divergence as a standalone qtest script (`--emit-qtest FILE`);
   * this module: the run and the command line.
 """
 
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 
 from .. import options, sarif, version
 from ..outputs import unwritable_file, write_report
+from . import reproducer
 from .comparison import Observation, compare
 from .divergences import EXPLAINED, KNOWN, PEER_CRASH, CaseResult, classify
 from .execution import ModelTarget, QemuTarget, execute
@@ -179,6 +181,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="text mode: print every divergence's differences")
     options.add_sarif(parser)
+    parser.add_argument("--emit-qtest", metavar="FILE",
+                        help="write the first unexplained divergence (else the first "
+                        "divergence) as a qtest script that reproduces it on QEMU alone")
 
 
 def _resolve_qemu(path: str | None) -> str | None:
@@ -195,9 +200,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"vsmmu diff-qemu: {what} not found (install it: apt-get install "
               "qemu-system-arm, or pass --qemu PATH)", file=sys.stderr)
         return 2
-    if args.sarif and (why := unwritable_file(args.sarif, "--sarif")):
-        print(f"vsmmu diff-qemu: {why}", file=sys.stderr)
-        return 2
+    for path, flag in ((args.sarif, "--sarif"), (args.emit_qtest, "--emit-qtest")):
+        if path and (why := unwritable_file(path, flag)):
+            print(f"vsmmu diff-qemu: {why}", file=sys.stderr)
+            return 2
     progress = None
     if not args.json and sys.stderr.isatty():
         def progress(r: CaseResult) -> None:
@@ -217,6 +223,20 @@ def main(args: argparse.Namespace) -> int:
     if args.sarif and (why := write_report(args.sarif, sarif_log(report))):
         print(f"vsmmu diff-qemu: {why}", file=sys.stderr)
         return 2
+    if args.emit_qtest:
+        case = reproducer.pick(report.results)
+        if case is None:
+            print("vsmmu diff-qemu: no divergence: no qtest script written", file=sys.stderr)
+        else:
+            try:
+                text = reproducer.script(case, reproducer.record(binary, case),
+                                         report.qemu_version)
+            except (PeerCrash, OSError, RuntimeError) as e:
+                print(f"vsmmu diff-qemu: cannot record the qtest script: {e}", file=sys.stderr)
+                return 2
+            if why := write_report(args.emit_qtest, text):
+                print(f"vsmmu diff-qemu: {why}", file=sys.stderr)
+                return 2
     return 1 if report.unexplained else 0
 
 

@@ -68,6 +68,7 @@ WFI_BIOS = struct.pack("<II", 0xD503_207F, 0x17FF_FFFF)
 MAX_BATCH = 64  # pipelined commands per round trip
 MAX_BATCH_BYTES = 256 << 10  # and bytes of command text
 MAX_B64 = 64 << 10  # bytes per b64write/b64read
+REPLAY_POLLS = 64  # extra polls of a finished edu DMA in a recorded script
 
 
 class PeerError(RuntimeError):
@@ -224,6 +225,9 @@ class QemuPeer:
         self._pending_bytes = 0
         self.round_trips = 0
         self.commands = 0
+        # Every command sent, in order, and each answer read as a comment: a qtest
+        # script that replays the run (fuzz/peers/reproducer.py); None: not kept.
+        self.record: list[str] | None = None
         self.mmio = _MmioPort(self, SMMU_BASE)
         self.mem = _MemPort(self)
         self.idr: dict[str, int] = {}
@@ -432,6 +436,8 @@ class QemuPeer:
 
     def queue(self, command: str) -> None:
         """Pipeline a command whose reply is only checked (a write)."""
+        if self.record is not None:
+            self.record.append(command)
         self.commands += 1
         self._pending.append(command)
         self._pending_bytes += len(command) + 1
@@ -442,9 +448,14 @@ class QemuPeer:
         """One command and its reply payload (after any pipelined writes)."""
         self.flush()
         self.commands += 1
+        if self.record is not None:
+            self.record.append(command)
         self._send(command + "\n")
         self.round_trips += 1
-        return self._reply(command)
+        reply = self._reply(command)
+        if self.record is not None:
+            self.record.append(f"# QEMU: OK {reply}".rstrip())
+        return reply
 
     # ------------------------------------------------------------ accesses
     _SUFFIX = {1: "b", 2: "w", 4: "l", 8: "q"}
@@ -523,6 +534,9 @@ class QemuPeer:
         t0 = time.perf_counter()
         for polls in range(1, max_polls + 1):
             if not self.read(bar + EDU_DMA_CMD, 8) & EDU_CMD_RUN:
+                if self.record is not None:  # a replay may take longer: reads are harmless
+                    self.record += [f"# {REPLAY_POLLS} more polls: margin for a slower replay",
+                                    *[f"readq {bar + EDU_DMA_CMD:#x}"] * REPLAY_POLLS]
                 return EduDma(time.perf_counter() - t0, polls)
         raise self._crash(f"edu DMA still running after {max_polls} polls")
 
