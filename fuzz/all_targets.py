@@ -79,12 +79,10 @@ class AllTargets:
         return dataclasses.replace(self.o, target=target, corpus=str(corpus), seeds=seeds,
                                    coverage_budget=0, **changes)
 
-    def _signalled(self) -> bool:
-        """Between slices and during the replays (a slice handles its own): the first
-        signal while fuzzing stops the campaign; any other cuts the replays short."""
-        stop = self._fuzzing and not self.interrupted
-        self.interrupted = True
-        return stop
+    # Between slices and during the replays (a slice handles its own), a signal acts
+    # as in one campaign: the first while fuzzing stops it, any other cuts the
+    # replays short (the same `_fuzzing` and `interrupted` attributes).
+    _signalled = Campaign._signalled
 
     def run(self) -> CampaignResult:
         start = time.monotonic()
@@ -110,11 +108,8 @@ class AllTargets:
             ALL, sum(p.execs for p in parts), seconds, _merge(parts), coverage_table(reached),
             corpus=sum(p.corpus for p in parts), replayed=replayed,
             cov=sum(p.cov for p in parts), restarts=sum(p.restarts for p in parts),
-            interrupted=self.interrupted,
-            errors=_union(e for p in parts for e in p.errors),
-            unreproduced=_union(u for p in parts for u in p.unreproduced),
-            corpus_dir=str(self.root), artifacts_dir=str(self.campaigns["system"].artifacts),
-            slow_inputs=_union(s for p in parts for s in p.slow_inputs), parts=parts,
+            interrupted=self.interrupted, **_gathered(parts), corpus_dir=str(self.root),
+            artifacts_dir=str(self.campaigns["system"].artifacts), parts=parts,
             timeline=_timeline(parts))
 
     def _slices(self):
@@ -157,9 +152,7 @@ class AllTargets:
             findings=list(found.values()), cov=max(r.cov for _, r in runs),
             restarts=sum(r.restarts for _, r in runs),
             interrupted=any(r.interrupted for _, r in runs),
-            errors=_union(e for _, r in runs for e in r.errors),
-            unreproduced=_union(u for _, r in runs for u in r.unreproduced),
-            slow_inputs=_union(s for _, r in runs for s in r.slow_inputs), timeline=timeline)
+            **_gathered([r for _, r in runs]), timeline=timeline)
 
     def _coverage(self, parts: list[CampaignResult]) -> tuple[set[str], int]:
         """Each target's corpus and seeds replayed, the budget shared by SHARES."""
@@ -206,8 +199,10 @@ def _timeline(parts: list[CampaignResult]) -> list[dict]:
     return out
 
 
-def _union(items) -> list[str]:
-    return list(dict.fromkeys(items))
+def _gathered(results: list[CampaignResult]) -> dict[str, list[str]]:
+    """The errors, unreproduced artifacts and slow inputs of `results`, each once."""
+    return {key: list(dict.fromkeys(x for r in results for x in getattr(r, key)))
+            for key in ("errors", "unreproduced", "slow_inputs")}
 
 
 def run_all(options: CampaignOptions) -> CampaignResult:

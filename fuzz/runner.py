@@ -255,8 +255,9 @@ def _push(system: System, guest: str, smmu: str, *cmds: int) -> None:
             system.kernels[guest].drivers[smmu].submit(*cmds)
         finally:  # did its queue stop on a command it must perform?
             check_not_rejected(vsmmu, before)
-        check_rings(vsmmu, before)
-        check_consumed(vsmmu, before, rings(vsmmu), len(cmds))
+        after = rings(vsmmu)
+        check_rings(vsmmu, before, after)
+        check_consumed(vsmmu, before, after, len(cmds))
     except Violation as v:
         v.witness["vsmmu"] = vsmmu.name
         raise

@@ -103,8 +103,10 @@ def rings(smmu: Smmu) -> dict[str, Ring | int | None]:
     return out
 
 
-def check_rings(smmu: Smmu, before: dict[str, Ring | int | None]) -> None:
-    after = rings(smmu)
+def check_rings(smmu: Smmu, before: dict[str, Ring | int | None],
+                after: dict[str, Ring | int | None] | None = None) -> None:
+    """`after`: `rings(smmu)` now, when the caller has read it already."""
+    after = rings(smmu) if after is None else after
     cmdq_before, cmdq_after = before.get("CMDQ"), after.get("CMDQ")
     if (before["cmdq_error"] is not None and before["cmdq_error"] == after["cmdq_error"]
             and isinstance(cmdq_before, Ring) and isinstance(cmdq_after, Ring)
