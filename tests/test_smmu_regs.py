@@ -208,23 +208,38 @@ def test_irq_cfg_locked_while_irq_enabled():
 
 # ================================================================ 64-bit registers
 def test_32_bit_halves_of_64_bit_registers():
-    env = Env()
-    # STRTAB_BASE: ADDR [51:6], RA [62].  Low half keeps bits 31:6; high half bits 19:0
-    # (address 51:32) and bit 30 (RA).
+    env = Env()  # OAS 48 bits: address bits 51:48 are not stored (IHI 0070 §3.4.3, §6.3)
+    # STRTAB_BASE: ADDR [51:6], RA [62].  Low half keeps bits 31:6; high half bits 15:0
+    # (address 47:32) and bit 30 (RA).
     env.w(STRTAB_BASE, 0xFFFFFFFF)
     env.w(STRTAB_BASE + 4, 0xFFFFFFFF)
-    assert env.r(STRTAB_BASE) == 0xFFFFFFC0 and env.r(STRTAB_BASE + 4) == 0x400FFFFF
-    assert env.r(STRTAB_BASE, 8) == 0x400FFFFF_FFFFFFC0
+    assert env.r(STRTAB_BASE) == 0xFFFFFFC0 and env.r(STRTAB_BASE + 4) == 0x4000FFFF
+    assert env.r(STRTAB_BASE, 8) == 0x4000FFFF_FFFFFFC0
     env.w(STRTAB_BASE + 4, 0)  # one half leaves the other alone
     assert env.r(STRTAB_BASE, 8) == 0xFFFFFFC0
     # CMDQ_BASE / EVENTQ_BASE: LOG2SIZE [4:0] and ADDR [51:5] fill the low half.
     env.w(CMDQ_BASE, 0xFFFFFFFF_FFFFFFFF, 8)
     env.w(EVENTQ_BASE, 0xFFFFFFFF_FFFFFFFF, 8)
-    assert env.r(CMDQ_BASE, 8) == 0x400FFFFF_FFFFFFFF
-    assert env.r(EVENTQ_BASE, 8) == 0x400FFFFF_FFFFFFFF
+    assert env.r(CMDQ_BASE, 8) == 0x4000FFFF_FFFFFFFF
+    assert env.r(EVENTQ_BASE, 8) == 0x4000FFFF_FFFFFFFF
     # IRQ_CFG0: ADDR [51:2].
     env.w(GERROR_IRQ_CFG0, 0xFFFFFFFF_FFFFFFFF, 8)
-    assert env.r(GERROR_IRQ_CFG0) == 0xFFFFFFFC and env.r(GERROR_IRQ_CFG0 + 4) == 0xFFFFF
+    assert env.r(GERROR_IRQ_CFG0) == 0xFFFFFFFC and env.r(GERROR_IRQ_CFG0 + 4) == 0xFFFF
+
+
+@pytest.mark.parametrize("oas", [40, 44])
+def test_addresses_beyond_the_oas_are_truncated(oas):
+    """IHI 0070 §3.4.3: queue bases and MSI addresses beyond the OAS are truncated to
+    it; for the stream table the SMMU may truncate or raise F_STE_FETCH, and this one
+    truncates (as Arm recommends of an emulated SMMU: the vSMMU is this model too)."""
+    env = Env(Features(oas_bits=oas))
+    above = 0xF << oas  # bits an OAS of `oas` cannot hold
+    env.w(STRTAB_BASE, above | 0x1000, 8)
+    env.w(CMDQ_BASE, above | 0x2000 | 5, 8)
+    env.w(GERROR_IRQ_CFG0, above | 0x3004, 8)
+    assert env.r(STRTAB_BASE, 8) == 0x1000
+    assert env.r(CMDQ_BASE, 8) == 0x2005
+    assert env.r(GERROR_IRQ_CFG0, 8) == 0x3004
 
 
 @pytest.mark.parametrize(("off", "size"), [

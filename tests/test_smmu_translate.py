@@ -129,6 +129,18 @@ def test_two_level_stream_table(split, l1_offset, ste_offset, span):
     assert [e[0] for e in env.events()] == [0x0000_9234_0000_0002]
 
 
+def test_level_2_pointer_beyond_the_oas_is_truncated():
+    """IHI 0070 §3.4.3 (5): an STE fetch address beyond the OAS is truncated to it or
+    is F_STE_FETCH; this SMMU truncates, so the STE at the truncated address is used."""
+    env = Env(Features(oas_bits=44)).setup(two_level=True, log2size=16, split=8)
+    env.qemu_s1(sid=None)
+    env.mem.add(0x42000000, 0x10000)
+    env.put(STRTAB + 0x12 * 8, 1 << 47 | 1 << 44 | 0x42000000 | 9)  # L2Ptr bits 47, 44
+    env.put(0x42000000 + 0x34 * 64, QEMU_STE_W0)
+    assert env.dma(0x1234, 0x200800).pa == 0x44000800
+    assert env.events() == []
+
+
 def test_two_level_helper_many_sids():
     env = Env().setup(two_level=True, log2size=16, split=8)
     env.qemu_s1(sid=None)

@@ -122,7 +122,9 @@ ID_VALUES = {IDR0: 0x0D48341A, IDR1: 0x02730210, IDR2: 0, IDR3: 0x404, IDR4: 0,
 # every enable off).  Read-only registers keep their reset value; write-only-defined
 # bits are the register's fields (RES0 elsewhere); CR0 drops PRIQEN (bit 1, no PRI)
 # and VMW (8:6, no VMID wildcards); GBPA stores the fields and clears UPDATE once the
-# update completes; IRQ_CTRL drops PRIQ_IRQEN; CMDQ_CONS.ERR belongs to the SMMU.
+# update completes; IRQ_CTRL drops PRIQ_IRQEN; CMDQ_CONS.ERR belongs to the SMMU; the
+# address fields keep bits 39:0 only, the vSMMU's OAS (IHI 0070 §3.4.3: the rest is
+# not stored, as Arm recommends an emulated SMMU mask guest addresses to the IPA size).
 REGISTER_TABLE = {
     "IDR0": (0x00, 4, 0x0D48341A, 0x0D48341A),
     "IDR1": (0x04, 4, 0x02730210, 0x02730210),
@@ -142,16 +144,16 @@ REGISTER_TABLE = {
     "IRQ_CTRLACK": (0x54, 4, 0, 0),
     "GERROR": (0x60, 4, 0, 0),
     "GERRORN": (0x64, 4, 0, 0x1FD),
-    "GERROR_IRQ_CFG0": (0x68, 8, 0, 0x000F_FFFF_FFFF_FFFC),
+    "GERROR_IRQ_CFG0": (0x68, 8, 0, 0x0000_00FF_FFFF_FFFC),
     "GERROR_IRQ_CFG1": (0x70, 4, 0, 0xFFFF_FFFF),
     "GERROR_IRQ_CFG2": (0x74, 4, 0, 0x3F),
-    "STRTAB_BASE": (0x80, 8, 0, 0x400F_FFFF_FFFF_FFC0),
+    "STRTAB_BASE": (0x80, 8, 0, 0x4000_00FF_FFFF_FFC0),
     "STRTAB_BASE_CFG": (0x88, 4, 0, 0x307FF),
-    "CMDQ_BASE": (0x90, 8, 0, 0x400F_FFFF_FFFF_FFFF),
+    "CMDQ_BASE": (0x90, 8, 0, 0x4000_00FF_FFFF_FFFF),
     "CMDQ_PROD": (0x98, 4, 0, 0xFFFFF),
     "CMDQ_CONS": (0x9C, 4, 0, 0xFFFFF),
-    "EVENTQ_BASE": (0xA0, 8, 0, 0x400F_FFFF_FFFF_FFFF),
-    "EVENTQ_IRQ_CFG0": (0xB0, 8, 0, 0x000F_FFFF_FFFF_FFFC),
+    "EVENTQ_BASE": (0xA0, 8, 0, 0x4000_00FF_FFFF_FFFF),
+    "EVENTQ_IRQ_CFG0": (0xB0, 8, 0, 0x0000_00FF_FFFF_FFFC),
     "EVENTQ_IRQ_CFG1": (0xB8, 4, 0, 0xFFFF_FFFF),
     "EVENTQ_IRQ_CFG2": (0xBC, 4, 0, 0x3F),
     "EVENTQ_PROD": (0x100A8, 4, 0, 0x800F_FFFF),

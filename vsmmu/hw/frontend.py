@@ -142,8 +142,19 @@ class SmmuFrontend:
             rd = _L["CMDQ_CONS"].get(value, "RD")  # ERR belongs to the SMMU
             self.regs[name] = _L["CMDQ_CONS"].put(self.regs["CMDQ_CONS"], "RD", rd)
         else:
+            if "ADDR" in _L[name]:  # the *_BASE and *_IRQ_CFG0 address registers
+                value = _L[name].put(value, "ADDR", self._in_oas(_L[name].get(value, "ADDR")))
             self.regs[name] = value
         self._written(name)
+
+    def _in_oas(self, addr: int) -> int:
+        """An address the SMMU originates, truncated to the OAS.  IHI 0070 §3.4.3: for
+        queue bases and MSI addresses that is the behaviour; for a stream-table fetch
+        it is one of the two CONSTRAINED UNPREDICTABLE choices (the other,
+        F_STE_FETCH), taken here because Arm recommends that an emulated SMMU mask
+        guest-provided addresses to the IPA size, and a vSMMU is this class too.
+        Register fields need not store the bits (§6.3: "not required to store")."""
+        return addr & ((1 << self.feat.oas_bits) - 1)
 
     def _written(self, name: str) -> None:
         """A register write took effect: the doorbells that start the consumer."""
@@ -174,7 +185,8 @@ class SmmuFrontend:
 
     def _msi_write(self, addr: int, data: int, abt_bit: str) -> None:
         try:
-            self.mem.write_int(addr, data & 0xFFFFFFFF, 4, Initiator(self.name, "msi"))
+            self.mem.write_int(self._in_oas(addr), data & 0xFFFFFFFF, 4,
+                               Initiator(self.name, "msi"))
         except BusError:
             if abt_bit != "MSI_GERROR_ABT_ERR":
                 self._gerror(abt_bit)
@@ -324,6 +336,6 @@ class SmmuFrontend:
         # 0; Span > SPLIT+1, or an index past the L2 array, is an invalid StreamID.
         if span == 0 or span > split + 1 or index >> (span - 1):
             raise FaultError(Fault(Event.C_BAD_STREAMID))
-        l2 = L1_STD.get(desc, "L2PTR") & ~((STE_SIZE << (span - 1)) - 1)
+        l2 = self._in_oas(L1_STD.get(desc, "L2PTR")) & ~((STE_SIZE << (span - 1)) - 1)
         return l2 + index * STE_SIZE
 
