@@ -166,7 +166,8 @@ class AllTargets:
             c = self.campaigns[p.target]
             got, n = replay_coverage(p.target, self.o.platform, (c.corpus, c.seeds),
                                      budget * SHARES[p.target] / total, self.o.progress,
-                                     stopped=lambda: self.interrupted != signalled_before)
+                                     stopped=lambda: self.interrupted != signalled_before,
+                                     design=self.o.design)
             p.coverage, p.replayed = coverage_table(got), n
             reached |= got
             replayed += n

@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import TextIO
 
 from properties.violations import NO_CRASH
-from vsmmu.platform import PlatformError
+from vsmmu.platform import DEFAULT_DESIGN, PlatformError
 
 from .harness import PROGRESS_PREFIX, Settings, make_runner, planted
 from .outputs import unwritable
@@ -120,6 +120,7 @@ class CampaignOptions:
     artifacts: str | None = None  # default fuzz-out/artifacts/
     seeds: str | None = None  # read-only seed corpus; default corpora/<target> if present
     platform: str | None = None
+    design: str | None = None  # vsmmu/hyp/designs/ name; None: the platform's
     seed: int | None = None
     z3: bool = True
     libfuzzer_args: tuple[str, ...] = ()
@@ -140,6 +141,8 @@ class Classifier:
     def __init__(self, options: CampaignOptions, settings: Settings):
         self.options, self.settings = options, settings
         self._runner = None
+        platform = platform_for(options.target, options.platform, options.design)
+        self.design = platform.design if platform else DEFAULT_DESIGN
 
     def runner(self):
         if self._runner is None:
@@ -167,16 +170,16 @@ class Classifier:
         target = self.options.target
         if kind != "crash":  # a hang or a memory blow-up: not replayed in this process
             return Finding(NO_CRASH, f"{NO_CRASH}:{kind}", str(path), None, {"artifact": kind},
-                           target)
+                           target, design=self.design)
         with open(path, "rb") as f:
             data = f.read(MAX_BYTES)
         found = classify(self.runner().run(decode(data)))
         if found is None:
             return Finding(NO_CRASH, UNREPRODUCED, str(path), None,
                            {"note": "libFuzzer saw the harness fail; the replay is clean"},
-                           target)
+                           target, design=self.design)
         return Finding(found.invariant, found.signature, str(path), found.step, found.witness,
-                       target)
+                       target, design=self.design)
 
 
 # ------------------------------------------------------------------ workers
@@ -240,9 +243,9 @@ class Campaign:
             if not flag.startswith("-"):
                 raise CampaignError(f"libFuzzer flags after -- look like -name=value, got "
                                     f"{flag[:60]!r}")
-        if o.platform:
+        if o.platform or o.design:
             try:  # before any worker starts: one line, not a harness failing N times
-                platform_for(o.target, o.platform)
+                platform_for(o.target, o.platform, o.design)
             except PlatformError as e:
                 raise CampaignError(str(e)) from None
         self.script = HARNESSES / f"{o.target}_fuzzer.py"
@@ -301,8 +304,9 @@ class Campaign:
         # this interpreter (the one with atheris and the project installed).
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         platform = str(Path(self.o.platform).resolve()) if self.o.platform else None
-        env.update(Settings(platform=platform, z3=self.o.z3, known=str(known), progress=True,
-                            plant=self.o.plant, parent=os.getpid()).env())
+        env.update(Settings(platform=platform, design=self.o.design, z3=self.o.z3,
+                            known=str(known), progress=True, plant=self.o.plant,
+                            parent=os.getpid()).env())
         return env
 
     # -- running -----------------------------------------------------------
@@ -310,7 +314,8 @@ class Campaign:
         """Fuzz, then always the same ending, however the fuzzing stopped (time, runs,
         a signal, an output that could not be written): workers stopped, every artifact
         classified, the coverage replay, the result, temporary files removed."""
-        settings = Settings(platform=self.o.platform, z3=self.o.z3, plant=self.o.plant)
+        settings = Settings(platform=self.o.platform, design=self.o.design, z3=self.o.z3,
+                            plant=self.o.plant)
         with _corpus_lock(self.corpus):
             return self._run(settings)
 
@@ -539,18 +544,21 @@ class Campaign:
         signalled_before = self.interrupted
         return replay_coverage(self.o.target, self.o.platform, (self.corpus, self.seeds), budget,
                                self.o.progress,
-                               stopped=lambda: self.interrupted != signalled_before)
+                               stopped=lambda: self.interrupted != signalled_before,
+                               design=self.o.design)
 
 
 def replay_coverage(target: str, platform: str | None, dirs: Iterable[Path | None],
                     budget: float, progress: TextIO | None,
-                    stopped: Callable[[], bool]) -> tuple[set[str], int]:
+                    stopped: Callable[[], bool],
+                    design: str | None = None) -> tuple[set[str], int]:
     """Replay the inputs in `dirs` (no monitor) and union what they reached, for at
     most `budget` seconds or until `stopped()`; also how many were replayed."""
     reached: set[str] = set()
     if budget <= 0:
         return reached, 0
-    runner = make_runner(target, Settings(platform=platform, monitor=False, z3=False))
+    runner = make_runner(target, Settings(platform=platform, design=design, monitor=False,
+                                          z3=False))
     end = time.monotonic() + budget
     replayed = 0
     inputs = _inputs(*dirs)

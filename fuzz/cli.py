@@ -15,6 +15,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 
 from . import exits, version
 from .outputs import unwritable_file, write_report
@@ -63,14 +64,30 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _designs(args: argparse.Namespace) -> int:
+    from vsmmu.hyp.designs import DEFAULT, PROFILES
+
+    if args.json:
+        print(json.dumps({"designs": [p.as_dict() for p in PROFILES.values()]}, indent=2))
+        return 0
+    for p in PROFILES.values():
+        print(f"{p.name}{' (default)' if p.name == DEFAULT else ''}: {p.summary}")
+        for c in p.choices:
+            print(f"  {c.topic}: {c.choice}\n      source: {c.source}")
+        print()
+    return 0
+
+
 def _prove(args: argparse.Namespace) -> int:
     from fuzz import junit, sarif
     from properties.proofs import prove_all
     from vsmmu.hyp.hypervisor import Hypervisor
-    from vsmmu.platform import PlatformError
+    from vsmmu.platform import PlatformError, default_platform
 
     _check_reports(args)
     platform = _load_platform(args)
+    if args.design:
+        platform = replace(platform or default_platform(), design=args.design)
     try:
         hyp = Hypervisor(platform) if platform else None
     except PlatformError as e:  # one the hypervisor cannot boot
@@ -115,7 +132,8 @@ def _check(args: argparse.Namespace) -> int:
     try:
         ops = load(args.program, raw=True if args.bytes else None)
         with announce(f"booting the {args.target} target", prefix="vsmmu check"):
-            runner = runner_for(args.target, args.platform, z3=not args.no_z3)
+            runner = runner_for(args.target, args.platform, z3=not args.no_z3,
+                                design=args.design)
     except (ProgramError, PlatformError) as e:
         print(f"vsmmu check: {e}", file=sys.stderr)
         return 2
@@ -220,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="S", help="Z3 time limit per proof, seconds (default 30); a "
                    "timeout is 'unknown'")
     options.add_platform(p, " (proved per guest and vSMMU of that platform)")
+    options.add_design(p)
     options.add_sarif(p)
     options.add_junit(p, "a test case per proof and subject")
     p.set_defaults(func=_prove)
@@ -230,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode the file as fuzz-input bytes even if it reads as text "
                    "(a file with a NUL or other control byte is taken as bytes anyway)")
     options.add_platform(p)
+    options.add_design(p)
     options.add_target(p, "the program came from")
     p.add_argument("--no-z3", action="store_true", help="skip the Z3 state checks")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -247,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="+", help="corpus directories to take new coverage from")
     p.add_argument("--target", default="system", help="the harness whose coverage counts")
     p.set_defaults(func=_corpus_merge)
+    p = sub.add_parser("designs", help="the vSMMU designs under test, each choice with "
+                       "its source")
+    p.add_argument("--json", action="store_true", help="print one JSON object: "
+                   '{"designs": [{"name", "summary", "choices": [{"topic", "choice", '
+                   '"source"}]}]}')
+    p.set_defaults(func=_designs)
     p = sub.add_parser("info", help="the model's ID registers, decoded (default SMMU, or "
                        "each SMMU of --platform)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default fuzz-out/artifacts/)")
     options.add_platform(parser, " (smmu target: its SMMU takes the features of the "
                          "platform's first SMMU)")
+    options.add_design(parser)
     parser.add_argument("--seed", type=options.count_or_zero, metavar="N",
                         help="libFuzzer random seed, for a campaign that can be repeated "
                         "(job j uses N+j+1); 0, as no --seed: libFuzzer picks one at random")
@@ -66,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> CampaignOptions:
     return CampaignOptions(
         target=args.target, time=args.time, runs=args.runs, jobs=args.jobs,
-        corpus=args.corpus, artifacts=args.artifacts, platform=args.platform, seed=args.seed,
+        corpus=args.corpus, artifacts=args.artifacts, platform=args.platform,
+        design=args.design, seed=args.seed,
         z3=not args.no_z3, libfuzzer_args=tuple(args.libfuzzer_args),
         progress=sys.stderr if args.json else sys.stdout)
 

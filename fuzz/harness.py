@@ -14,6 +14,7 @@ children (which re-execute the script with libFuzzer flags only) inherit them;
 `vsmmu fuzz` sets them from its options:
 
   VSMMU_FUZZ_PLATFORM    platform file (default: the embedded fuzzing platform)
+  VSMMU_FUZZ_DESIGN      the vSMMU design under test (default: the platform's)
   VSMMU_FUZZ_Z3=0        skip the Z3 state checks
   VSMMU_FUZZ_MONITOR=0   no invariant monitor (only no-crash; for measurements)
   VSMMU_FUZZ_KNOWN       a file of finding signatures, one a line: a violation
@@ -59,6 +60,7 @@ class FindingError(Exception):
 @dataclass(frozen=True)
 class Settings:
     platform: str | None = None
+    design: str | None = None
     monitor: bool = True
     z3: bool = True
     known: str | None = None
@@ -71,6 +73,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         return cls(platform=env.get("VSMMU_FUZZ_PLATFORM") or None,
+                   design=env.get("VSMMU_FUZZ_DESIGN") or None,
                    monitor=env.get("VSMMU_FUZZ_MONITOR", "1") != "0",
                    z3=env.get("VSMMU_FUZZ_Z3", "1") != "0",
                    known=env.get("VSMMU_FUZZ_KNOWN") or None,
@@ -86,7 +89,8 @@ class Settings:
                "VSMMU_FUZZ_Z3": "1" if self.z3 else "0",
                "VSMMU_FUZZ_PROGRESS": "1" if self.progress else "0",
                "VSMMU_FUZZ_MUTATOR": "plain" if self.plain else "structured"}
-        for name, value in (("PLATFORM", self.platform), ("KNOWN", self.known),
+        for name, value in (("PLATFORM", self.platform), ("DESIGN", self.design),
+                            ("KNOWN", self.known),
                             ("PLANT", self.plant), ("PARENT", self.parent)):
             if value:
                 out[f"VSMMU_FUZZ_{name}"] = str(value)
@@ -94,7 +98,8 @@ class Settings:
 
 
 def make_runner(target: str, settings: Settings = Settings()) -> Runner | PhysicalRunner:
-    return runner_for(target, settings.platform, monitor=settings.monitor, z3=settings.z3)
+    return runner_for(target, settings.platform, monitor=settings.monitor, z3=settings.z3,
+                      design=settings.design)
 
 
 def runner_hints(runner: Runner | PhysicalRunner) -> Hints:

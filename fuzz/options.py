@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from vsmmu.hyp.designs import DEFAULT, PROFILES
+
 from .targets import ALL, TARGETS
 
 
@@ -62,6 +64,12 @@ def _number(text: str) -> float:
 def add_platform(parser: argparse.ArgumentParser, what: str = "") -> None:
     parser.add_argument("--platform", metavar="FILE", help="platform file (.toml/.json); "
                         "default: the embedded fuzzing platform" + what)
+
+
+def add_design(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--design", choices=tuple(PROFILES), default=None,
+                        help="the vSMMU design under test (default: the platform's, else "
+                        f"{DEFAULT}; `vsmmu designs` lists them)")
 
 
 def add_target(parser: argparse.ArgumentParser, what: str, default: str = "system") -> None:

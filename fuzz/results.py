@@ -17,6 +17,7 @@ from vsmmu.arch.faults import RECORD_CONTROLLED, WALK_EVENTS
 from vsmmu.arch.layouts import CmdError, Config, Event, FaultClass
 from vsmmu.arch.layouts import Op as Opcode
 from vsmmu.arch.virtio_layouts import REQ_TYPE_NAMES, Status
+from vsmmu.platform import DEFAULT_DESIGN
 
 from . import crossings, exits
 from .crossings import PREFIX as CROSSINGS
@@ -36,10 +37,11 @@ class Finding:
     new: bool = True  # found by this campaign (False: reported from an earlier one's sidecar)
     duplicates: int = 0  # more artifacts with the same signature
     found_after: float | None = None  # seconds into the campaign (new findings)
+    design: str = DEFAULT_DESIGN  # the vSMMU design it was found on (vsmmu/hyp/designs/)
 
     def sidecar(self) -> dict[str, Any]:
         return {"invariant": self.invariant, "signature": self.signature, "step": self.step,
-                "witness": self.witness, "target": self.target}
+                "witness": self.witness, "target": self.target, "design": self.design}
 
     @classmethod
     def from_sidecar(cls, data: bytes, artifact: str) -> Finding | None:
@@ -56,17 +58,20 @@ class Finding:
             return None
         invariant, signature = d.get("invariant"), d.get("signature")
         step, witness, target = d.get("step"), d.get("witness") or {}, d.get("target", "?")
+        design = d.get("design", DEFAULT_DESIGN)  # sidecars written before designs: ours
         if not (isinstance(invariant, str) and isinstance(signature, str)
                 and isinstance(target, str) and isinstance(witness, dict)
-                and (step is None or type(step) is int)):
+                and isinstance(design, str) and (step is None or type(step) is int)):
             return None
-        return cls(invariant, signature, artifact, step, witness, target, new=False)
+        return cls(invariant, signature, artifact, step, witness, target, new=False,
+                   design=design)
 
     def as_dict(self) -> dict[str, Any]:
         return {"invariant": self.invariant, "signature": self.signature,
                 "artifact": self.artifact, "step": self.step, "new": self.new,
                 "duplicates": self.duplicates,
-                "found_after": None if self.found_after is None else round(self.found_after, 1)}
+                "found_after": None if self.found_after is None else round(self.found_after, 1),
+                "design": self.design}
 
 
 # What the model never produces, by design (README, "SMMUv3 model coverage"): left

@@ -22,7 +22,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from properties.architecture import check_consumed, check_not_rejected, check_rings, rings
 from properties.monitor import Monitor
@@ -70,19 +70,25 @@ def fuzz_platform(viommu: str = "smmuv3") -> Platform:
                     p.devices)
 
 
-def platform_for(target: str, file: str | None = None) -> Platform | None:
+def platform_for(target: str, file: str | None = None,
+                 design: str | None = None) -> Platform | None:
     """The platform a fuzz target's programs run on: `file` when given (raises
     PlatformError when it is bad, or when the hypervisor could not boot it, or when
     it has no device for programs to drive), else the embedded one, of virtio-iommu
-    guests for the virtio-iommu target (None: the default)."""
+    guests for the virtio-iommu target (None: the default); `design`, when given,
+    replaces the platform's vSMMU design (PlatformError if there is none of that
+    name)."""
     if not file:
-        return fuzz_platform("virtio") if target == "virtio-iommu" else None
-    platform = load_platform(file)
-    check_bootable(platform)
-    if not platform.devices:
-        raise PlatformError(f"{file}: no device: fuzz programs need at least one to "
-                            "assign, DMA from and invalidate")
-    return platform
+        platform = fuzz_platform("virtio") if target == "virtio-iommu" else None
+    else:
+        platform = load_platform(file)
+        check_bootable(platform)
+        if not platform.devices:
+            raise PlatformError(f"{file}: no device: fuzz programs need at least one to "
+                                "assign, DMA from and invalidate")
+    if design is None:
+        return platform
+    return replace(platform or fuzz_platform(), design=design)
 
 
 @dataclass

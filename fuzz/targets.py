@@ -14,13 +14,14 @@ ALL = "all"  # `vsmmu fuzz`'s default: every target in turn (fuzz/all_targets.py
 
 
 def runner_for(target: str, platform: str | None = None, *, monitor: bool = True,
-               z3: bool = True) -> Runner | PhysicalRunner:
+               z3: bool = True, design: str | None = None) -> Runner | PhysicalRunner:
     """The runner of `target`'s programs.  `platform`: a platform file (raises
     PlatformError when it is bad); the smmu target's rig takes the features of its
-    first SMMU, the others run on the whole platform."""
+    first SMMU (and has no vSMMU, so no design), the others run on the whole
+    platform, under `design` when given (vsmmu/hyp/designs/)."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r} (one of {', '.join(TARGETS)})")
     if target == "smmu":
         features = platform_for(target, platform).smmus[0].features if platform else None
         return PhysicalRunner(features)
-    return Runner(platform_for(target, platform), monitor=monitor, z3=z3)
+    return Runner(platform_for(target, platform, design), monitor=monitor, z3=z3)

@@ -450,6 +450,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decode every file as fuzz-input bytes even if it reads as "
                         "text")
     options.add_platform(parser)
+    options.add_design(parser)
     options.add_target(parser, "the inputs came from")
     parser.add_argument("--no-z3", action="store_true", help="skip the Z3 state checks")
     parser.add_argument("--time", "--budget", dest="budget", type=options.seconds_or_zero,
@@ -475,7 +476,7 @@ def _fail(message: str) -> int:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        platform = platform_for(args.target, args.platform)
+        platform = platform_for(args.target, args.platform, args.design)
     except PlatformError as e:
         return _fail(str(e))
     if args.sarif and (why := unwritable_file(args.sarif, "--sarif")):
@@ -489,7 +490,8 @@ def main(args: argparse.Namespace) -> int:
             return _fail(why)  # before minimizing anything: no work is lost
     try:
         with announce(f"booting the {args.target} target", prefix="vsmmu triage"):
-            runner = runner_for(args.target, args.platform, z3=not args.no_z3)
+            runner = runner_for(args.target, args.platform, z3=not args.no_z3,
+                                design=args.design)
     except Violation as v:  # the model fails before any input runs
         print(f"vsmmu triage: the platform breaks an invariant at boot: {v}", file=sys.stderr)
         return 1

@@ -113,13 +113,16 @@ def prove_events(vsid_bits: int = 16, subject: str = "", transfer=guest_event,
 
 
 def prove_all(hyp: Hypervisor | None = None, timeout_ms: int = TIMEOUT_MS) -> list[ProofResult]:
-    """Every proof for every (guest, vSMMU) of a platform (default: the embedded one)."""
+    """Every proof for every (guest, vSMMU) of a platform (default: the embedded one),
+    on the platform's design."""
     hyp = hyp or Hypervisor()
-    results = [prove_events(timeout_ms=timeout_ms, subject="all guests")]
+    design = hyp.design
+    results = [prove_events(subject="all guests", timeout_ms=timeout_ms,
+                            transfer=lambda r, v, f: guest_event(r, v, f, design))]
     for guest in hyp.guests.values():
         for vsmmu in guest.vsmmus.values():
             host = HostStream(guest.s2_ste, vsmmu.feat.ssidsize, vsmmu.feat.ats,
-                              vsmmu.feat.oas_bits)
+                              vsmmu.feat.oas_bits, design)
             results.append(prove_vste(host, vsmmu.name, timeout_ms=timeout_ms))
             results.append(prove_commands(vsmmu.context(), vsmmu.name, timeout_ms=timeout_ms))
     return results

@@ -104,8 +104,8 @@ def test_physical_sid_in_a_guest_event(monkeypatch):
     hyp, mon, *_ = booted()
     real = transfer.guest_event
 
-    def leak_psid(record, vsid, fetch_ipa):
-        forward, out = real(record, vsid, fetch_ipa)
+    def leak_psid(record, vsid, fetch_ipa, design):
+        forward, out = real(record, vsid, fetch_ipa, design)
         return forward, EVENT.put(out, "SID", EVENT.get(record, "SID"))
 
     monkeypatch.setattr(virtual, "guest_event", leak_psid)

@@ -16,6 +16,8 @@ unbounded memory.
 Files (`load_platform`) are untrusted data: JSON or TOML, at most 1 MiB, parsed
 as data only, every key and type checked.  The schema, in TOML::
 
+    design = "vsmmu"                             # optional: the vSMMU design under
+                                                 # test (vsmmu/hyp/designs/)
     [[smmu]]
     name = "smmu0"
     features = { ssidsize = 8, oas_bits = 48 }   # optional Features overrides
@@ -56,6 +58,7 @@ __all__ = [
     "platform_from_bytes", "platform_from_dict",
 ]
 
+DEFAULT_DESIGN = "vsmmu"
 MAX_SMMUS = 8
 MAX_GUESTS = 16
 MAX_DEVICES = 256
@@ -302,8 +305,15 @@ class Platform:
     smmus: tuple[SmmuSpec, ...]
     guests: tuple[GuestSpec, ...] = ()
     devices: tuple[DeviceSpec, ...] = ()
+    # The vSMMU design every guest's vSMMUs follow (vsmmu/hyp/designs/: the
+    # hypervisor checks the name when it boots the platform).
+    design: str = DEFAULT_DESIGN
 
     def __post_init__(self):
+        if not isinstance(self.design, str) or not _NAME_RE.fullmatch(self.design):
+            raise PlatformError(f"design must be a name, got {_q(self.design)}"
+                                if isinstance(self.design, str) else
+                                f"design must be a string, got {_type(self.design)}")
         smmus = _as_specs("smmus", self.smmus, SmmuSpec, MAX_SMMUS)
         guests = _as_specs("guests", self.guests, GuestSpec, MAX_GUESTS)
         devices = _as_specs("devices", self.devices, DeviceSpec, MAX_DEVICES)
@@ -451,7 +461,7 @@ def default_platform() -> Platform:
 
 
 # ------------------------------------------------------- schema (dict) layer
-_TOP_KEYS = ("smmu", "guest", "device")
+_TOP_KEYS = ("smmu", "guest", "device", "design")
 _ENTRY_KEYS = {
     "smmu": (("name",), ("features",)),
     "guest": (("name",), ("ram_mib", "viommu")),
@@ -537,7 +547,8 @@ def platform_from_dict(data: object) -> Platform:
         devices.append(DeviceSpec(
             _str(label, e, "name"), _str(label, e, "smmu"), _int(label, e, "sid", hex_ok=True),
             _str(label, e, "guest", optional=True), vsid, ats))
-    return Platform(tuple(smmus), tuple(guests), tuple(devices))
+    return Platform(tuple(smmus), tuple(guests), tuple(devices),
+                    data.get("design", DEFAULT_DESIGN))
 
 
 def dump_platform(p: Platform) -> dict:
@@ -561,7 +572,9 @@ def dump_platform(p: Platform) -> dict:
             entry["vsid"] = d.vsid
         entry["ats"] = d.ats
         devices.append(entry)
+    design = {} if p.design == DEFAULT_DESIGN else {"design": p.design}
     return {
+        **design,
         "smmu": smmus,
         "guest": [{"name": g.name, "ram_mib": g.ram_mib, "viommu": g.viommu} for g in p.guests],
         "device": devices,

@@ -107,8 +107,16 @@ def _vsid_not_translated():
 @_plant("vste-s2-fields-leak", 2, "vste")
 def _vste_s2_fields_leak():
     """The vSTE's S2TTB and S2VMID are copied into the nested physical STE with the stage-1 half."""
-    leaky = transfer.S1_HALF | STE["S2TTB"].mask | STE["S2VMID"].mask
-    with mock.patch.object(transfer, "S1_HALF", leaky):
+    correct = virtual.vste_to_pste
+    leaky = STE["S2TTB"].mask | STE["S2VMID"].mask
+
+    def to_pste(vste, host):
+        out = correct(vste, host)
+        if STE.get(out, "CONFIG") == Config.NESTED:
+            return out | vste & leaky
+        return out
+
+    with mock.patch.object(virtual, "vste_to_pste", to_pste):
         yield
 
 
@@ -147,8 +155,8 @@ def _event_psid_leak():
     """Events are forwarded to the guest with the physical StreamID."""
     correct = virtual.guest_event
 
-    def to_guest(record, vsid, fetch_ipa):
-        return correct(record, frontend.EVENT.get(record, "SID"), fetch_ipa)
+    def to_guest(record, vsid, fetch_ipa, design):
+        return correct(record, frontend.EVENT.get(record, "SID"), fetch_ipa, design)
 
     with mock.patch.object(virtual, "guest_event", to_guest):
         yield

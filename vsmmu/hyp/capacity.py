@@ -13,6 +13,7 @@ from ..arch.features import Features
 from ..hw.memory import PAGE_SIZE
 from ..platform import Platform, PlatformError
 from ..sw.driver import CMD_BYTES, EVT_BYTES, STE_BYTES, STRTAB_SPLIT
+from .designs import PROFILES
 from .host import HYP_POOL
 
 # All guests' RAM together: the hypervisor backs and maps every page at boot, about
@@ -39,6 +40,8 @@ def stage2_bytes(ram_mib: int) -> int:
 
 
 def check_bootable(p: Platform) -> None:
+    if p.design not in PROFILES:
+        raise PlatformError(f"unknown design {p.design!r} (known: {', '.join(PROFILES)})")
     for s in p.smmus:
         if not (s.features.s1p and s.features.s2p):
             raise PlatformError(

@@ -40,6 +40,7 @@ from ..sw.alloc import Allocator
 from ..sw.driver import SmmuDriver, cmd, ste_abort, ste_s2
 from ..sw.pagetable import IpaView, MappingError, PageTable
 from .capacity import check_bootable
+from .designs import profile
 from .host import (
     GUEST_RAM,
     HYP_POOL,
@@ -103,6 +104,7 @@ class Hypervisor:
     def __init__(self, platform: Platform | None = None):
         self.platform = platform or default_platform()
         check_bootable(self.platform)
+        self.design = profile(self.platform.design).design
         self.mem = PhysMem(48)
         self.mem.add(*HYP_POOL, HYP)
         self.hyp_alloc = Allocator(*HYP_POOL)
@@ -175,7 +177,7 @@ class Hypervisor:
                                        max_mappings=VIRTIO_MAPPINGS, max_domains=VIRTIO_DOMAINS)
             return guest
         for name, phys in self.smmus.items():
-            guest.vsmmus[name] = VSmmu(guest, phys, IPA_BITS)
+            guest.vsmmus[name] = VSmmu(guest, phys, IPA_BITS, self.design)
         return guest
 
     def take_vmid(self) -> int:

@@ -14,15 +14,19 @@ very same code on Z3 bit-vectors and quantify over every guest input:
   receives: the vSID, guest-visible addresses only (event-confinement).
 
 The per-opcode and per-event rules are tables, so what the guest may do is
-data a reviewer can read in one screen.
+data a reviewer can read in one screen.  A `Design` gathers those tables and
+the few other choices a vSMMU design makes (invalid vSTEs, event merging, the
+commands one trap consumes); `REFERENCE` is this project's hardened design,
+and designs/ holds profiles of the published ones, each run by the same
+functions here (mechanism) on its own tables (policy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from functools import reduce
+from functools import cached_property, reduce
 from typing import Any
 
 from ..arch import bv
@@ -45,27 +49,17 @@ VSTE_GUEST_FIELDS = (
     "S1DSS", "S1CIR", "S1COR", "S1CSH", "S1STALLD", "EATS",
 )
 VSTE_ALLOWED = _mask(STE, VSTE_GUEST_FIELDS)
-# The stage-1 half copied into a nested physical STE (V, Config, EATS are decided here).
-S1_HALF = _mask(STE, VSTE_GUEST_FIELDS[2:-1])
 ABORT_STE = STE.encode(V=1, CONFIG=Config.ABORT)
 # What the vSMMU (IDR0.S1P only) accepts; the reserved 0b001-0b011 behave as abort
 # (IHI 0070 §5.2 STE.Config).
 GUEST_CONFIGS = frozenset({Config.ABORT, 0b001, 0b010, 0b011, Config.BYPASS, Config.S1_TRANS})
 
 
-@dataclass(frozen=True)
-class HostStream:
-    """What the hypervisor fixes for one assigned stream."""
-
-    s2_ste: int  # the guest's stage-2-only STE: V, Config=S2, VMID, S2 fields, S2R, S2PTW
-    ssidsize: int  # the vSMMU's advertised IDR1.SSIDSIZE
-    ats: bool  # the device may use ATS: EATS=translate is honoured
-    oas_bits: int  # the vSMMU's advertised OAS: the guest's S1ContextPtr lies within it
-
-
 def vste_to_pste(vste: Any, host: HostStream) -> Any:
-    """The physical STE for a guest vSTE.  An invalid vSTE gives 0 (V=0): the SMMU
-    raises C_BAD_STE for it, which the vSMMU forwards to the guest with the vSID."""
+    """The physical STE for a guest vSTE.  An invalid vSTE gives the design's
+    `invalid_vste`: for ours 0 (V=0), for which the SMMU raises C_BAD_STE, which
+    the vSMMU forwards to the guest with the vSID."""
+    design = host.design
     config = STE.get(vste, "CONFIG")
     eats = STE.get(vste, "EATS")
     # Stage-1 fields matter only to a stage-1 config (abort and bypass ignore them).
@@ -83,17 +77,18 @@ def vste_to_pste(vste: Any, host: HostStream) -> Any:
         )),
     )
     nested = STE.put(host.s2_ste, "CONFIG", Config.NESTED)
-    nested = STE.put(nested, "MEV", 1)  # merge events: a guest must not flood the host
+    # Merged events: a guest must not flood the host (ours; a design may differ).
+    nested = STE.put(nested, "MEV", int(design.merge_events))
     if host.ats:
         # The guest's "translate" becomes split-stage ATS (S1CHK): ATS answers carry
         # IPAs and translated transactions still go through stage 2.  Full ATS would
         # let the device's translated transactions skip stage 2 altogether.
         nested = STE.put(nested, "EATS", 0) | bv.ite(
             eats == 1, STE["EATS"].put(0, EATS_S1CHK), 0, 512)
-    nested = nested | (vste & S1_HALF)
+    nested = nested | (vste & design.s1_half)
     out = bv.ite(config == Config.S1_TRANS, nested,
                  bv.ite(config == Config.BYPASS, host.s2_ste, ABORT_STE, 512), 512)
-    return bv.ite(valid, out, 0, 512)
+    return bv.ite(valid, out, design.invalid_vste, 512)
 
 
 # -------------------------------------------------------------- commands
@@ -105,16 +100,7 @@ class Action(IntEnum):
     ILL = 5  # CERROR_ILL to the guest
 
 
-@dataclass(frozen=True)
-class GuestContext:
-    """What the command transfer needs to know about one vSMMU."""
-
-    vmid: int
-    vsids: dict[int, int] = field(default_factory=dict)  # vSID -> pSID on this SMMU
-    ats: bool = False
-
-
-Rule = Callable[[Any, GuestContext], tuple[Any, Any]]
+Rule = Callable[[Any, "GuestContext"], tuple[Any, Any]]
 
 
 def _clean(op: Op, cmd: Any) -> Any:
@@ -181,23 +167,8 @@ GUEST_COMMANDS: dict[Op, Rule] = {
 }
 
 
-def guest_command(cmd: Any, ctx: GuestContext) -> tuple[Any, Any]:
-    """(action, physical command) for one guest command.  `out` is meaningful only
-    for FORWARD."""
-    op = CMD_ANY.get(cmd, "OP")
-    if not is_symbolic(op):
-        rule = GUEST_COMMANDS.get(op)
-        return rule(cmd, ctx) if rule else (Action.ILL, 0)
-    action, out = Action.ILL, 0
-    for code, rule in GUEST_COMMANDS.items():
-        a, o = rule(cmd, ctx)
-        hit = op == code
-        action, out = bv.ite(hit, a, action, 8), bv.ite(hit, o, out, 128)
-    return action, out
-
-
-# ----------------------------------------------------------------- events
-# Events about a guest's own configuration or transactions.  C_BAD_STREAMID and
+# The events the reference design tells a guest of: about its own configuration
+# or transactions.  C_BAD_STREAMID and
 # F_STE_FETCH concern the hypervisor's stream table and never reach a guest.
 GUEST_EVENTS = frozenset({
     Event.F_UUT, Event.C_BAD_STE, Event.F_BAD_ATS_TREQ, Event.F_STREAM_DISABLED,
@@ -211,12 +182,88 @@ _KEPT = _mask(EVENT, ("ID", "SSV", "SSID", "STALL", "PNU", "IND", "RNW", "S2", "
                       "TTRNW", "INPUT_ADDR"))
 
 
-def guest_event(record: Any, vsid: Any, fetch_ipa: Any) -> tuple[Any, Any]:
+# ----------------------------------------------------------------- designs
+@dataclass(frozen=True)
+class Design:
+    """What a vSMMU design decides, as data the mechanism reads (VSmmu and the
+    functions below).  A profile in designs/ names it and cites a source
+    for each choice."""
+
+    name: str
+    vste_fields: tuple[str, ...] = VSTE_GUEST_FIELDS  # guest STE fields that reach hardware
+    invalid_vste: int = 0  # the physical STE of a rejected vSTE: 0 (V=0) or ABORT_STE
+    merge_events: bool = True  # STE.MEV on the guest's nested STEs
+    commands: Mapping[Op, Rule] = field(default_factory=lambda: GUEST_COMMANDS)
+    otherwise: Action = Action.ILL  # an opcode `commands` lacks: CERROR_ILL, or NOP
+    cmdq_budget: int | None = 64  # guest commands one PROD trap consumes; None: all queued
+    events: frozenset[Event] = GUEST_EVENTS  # physical events the guest is told of
+    s2_events: bool = True  # stage-2 faults among them too (at the guest's own IPA)
+    raw_events: bool = False  # forwarded as the hardware wrote them: pSID, PAs and all
+    # What the vSMMU advertises unlike ours (Features fields: ssidsize=0, ats=False...).
+    features: Mapping[str, Any] = field(default_factory=dict)
+    # Guest inputs on which the design's hypervisor stops (a BUG): see virtual.py.
+    crashes: frozenset[str] = frozenset()
+
+    @cached_property
+    def s1_half(self) -> int:
+        """The guest's stage-1 fields copied into a nested STE (V, Config and EATS
+        are decided by vste_to_pste)."""
+        return _mask(STE, self.vste_fields) & ~_mask(STE, ("V", "CONFIG", "EATS"))
+
+
+REFERENCE = Design("vsmmu")
+
+
+@dataclass(frozen=True)
+class HostStream:
+    """What the hypervisor fixes for one assigned stream."""
+
+    s2_ste: int  # the guest's stage-2-only STE: V, Config=S2, VMID, S2 fields, S2R, S2PTW
+    ssidsize: int  # the vSMMU's advertised IDR1.SSIDSIZE
+    ats: bool  # the device may use ATS: EATS=translate is honoured
+    oas_bits: int  # the vSMMU's advertised OAS: the guest's S1ContextPtr lies within it
+    design: Design = REFERENCE
+
+
+@dataclass(frozen=True)
+class GuestContext:
+    """What the command transfer needs to know about one vSMMU."""
+
+    vmid: int
+    vsids: dict[int, int] = field(default_factory=dict)  # vSID -> pSID on this SMMU
+    ats: bool = False
+    design: Design = REFERENCE
+
+
+def guest_command(cmd: Any, ctx: GuestContext) -> tuple[Any, Any]:
+    """(action, physical command) for one guest command.  `out` is meaningful only
+    for FORWARD."""
+    op = CMD_ANY.get(cmd, "OP")
+    rules, otherwise = ctx.design.commands, ctx.design.otherwise
+    if not is_symbolic(op):
+        rule = rules.get(op)
+        return rule(cmd, ctx) if rule else (otherwise, 0)
+    action, out = otherwise, 0
+    for code, rule in rules.items():
+        a, o = rule(cmd, ctx)
+        hit = op == code
+        action, out = bv.ite(hit, a, action, 8), bv.ite(hit, o, out, 128)
+    return action, out
+
+
+# ----------------------------------------------------------------- events
+def guest_event(record: Any, vsid: Any, fetch_ipa: Any,
+                design: Design | None = None) -> tuple[Any, Any]:
     """(forward?, guest record) for a physical record of a stream the guest owns.
     `fetch_ipa` is the guest address of a failed fetch (the hypervisor's reverse
     stage-2 lookup of the physical fetch address), 0 when it has none."""
+    design = design or REFERENCE
     event = EVENT.get(record, "ID")
-    forward = bv.member(event, frozenset(int(e) for e in GUEST_EVENTS))
+    forward = bv.member(event, frozenset(int(e) for e in design.events))
+    if not design.s2_events:
+        forward = bv.all_of(forward, EVENT.get(record, "S2") == 0)
+    if design.raw_events:
+        return forward, record
     out = EVENT.put(record & _KEPT, "SID", vsid)
     fetch = bv.member(event, frozenset(int(e) for e in FETCH_EVENTS))
     stage2 = bv.all_of(EVENT.get(record, "S2") == 1,

@@ -9,8 +9,9 @@ decided by the transfer functions (transfer.py); this class only moves data:
 * vSTEs are read from the guest's stream table when the guest enables the
   vSMMU, changes GBPA while disabled, or issues CFGI_STE(_RANGE); each becomes
   a physical STE written with the driver's hitless sequence;
-* guest commands are consumed on a PROD write, at most `cmdq_budget` per
-  trap (a guest cannot pin the hypervisor: Xen design risk 7); forwarded
+* guest commands are consumed on a PROD write, at most the design's
+  `cmdq_budget` per trap (ours: a guest cannot pin the hypervisor, Xen design
+  risk 7); forwarded
   ones go to the physical queue, and the guest's CMD_SYNC completes only
   after a physical CMD_SYNC has;
 * physical events of the guest's streams come back through `forward`.
@@ -28,13 +29,15 @@ from dataclasses import replace
 
 from ..arch.faults import Fault, FaultError
 from ..arch.features import Features
-from ..arch.layouts import COMMANDS, EVENT, CmdError, Event, Op
+from ..arch.layouts import COMMANDS, EVENT, STE, CmdError, Config, Event, Op
 from ..hw.frontend import STE_SIZE, SmmuFrontend
 from ..sw.driver import CommandError
 from .host import GuestMemory, PhysicalSmmu
 from .transfer import (
     ABORT_STE,
+    REFERENCE,
     Action,
+    Design,
     GuestContext,
     HostStream,
     guest_command,
@@ -43,23 +46,33 @@ from .transfer import (
 )
 
 
-def guest_features(phys: Features, ipa_bits: int) -> Features:
+def guest_features(phys: Features, ipa_bits: int, design: Design = REFERENCE) -> Features:
     """What a vSMMU advertises: stage 1 only (the hypervisor owns stage 2), the
     guest's IPA size as its output size, 16-bit vSIDs, and the physical SMMU's
-    stage-1 capabilities (granules, SSIDs, 2-level CD tables, RIL, ATS, HAD)."""
-    return Features(
+    stage-1 capabilities (granules, SSIDs, 2-level CD tables, RIL, ATS, HAD), less
+    what the design does not offer."""
+    return replace(Features(
         s1p=True, s2p=False, asid16=phys.asid16, vmid16=False, sidsize=16,
         ssidsize=phys.ssidsize, oas_bits=ipa_bits, granules=phys.granules, st_2lvl=True,
         cd_2lvl=phys.cd_2lvl, ril=phys.ril, ats=phys.ats, msi=True, had=phys.had, xnx=False,
         cmdqs=phys.cmdqs, eventqs=phys.eventqs,
-    )
+    ), **design.features)
+
+
+# Config values a design may stop on: the reserved 0b001-0b011, and nested, which a
+# stage-1-only vSMMU does not offer (IHI 0070 §5.2 STE.Config).
+RESERVED_CONFIGS = frozenset({0b001, 0b010, 0b011, Config.NESTED})
+
+
+class HypervisorPanic(Exception):
+    """The design's hypervisor stops on this guest input (a BUG() in its source):
+    the whole machine goes down, which the `no-crash` invariant reports."""
 
 
 class VSmmu(SmmuFrontend):
-    cmdq_budget = 64
-
-    def __init__(self, guest: GuestMemory, phys: PhysicalSmmu, ipa_bits: int):
-        self.guest, self.phys = guest, phys
+    def __init__(self, guest: GuestMemory, phys: PhysicalSmmu, ipa_bits: int,
+                 design: Design = REFERENCE):
+        self.guest, self.phys, self.design = guest, phys, design
         self.mem = guest.view
         self.vsids: dict[int, int] = {}  # vSID -> pSID on `phys`
         self.ats_vsids: set[int] = set()  # devices allowed to use ATS
@@ -70,7 +83,10 @@ class VSmmu(SmmuFrontend):
         # ("command", physical command word) and ("event", (guest record, physical
         # record, vSID, fetch IPA)), each before it takes effect.
         self.observers: list[Callable[[str, VSmmu, object], None]] = []
-        super().__init__(guest_features(phys.smmu.feat, ipa_bits), f"{guest.name}/{phys.name}")
+        super().__init__(guest_features(phys.smmu.feat, ipa_bits, design),
+                         f"{guest.name}/{phys.name}")
+        # None: whatever the guest has queued, up to its queue's size, in one trap.
+        self.cmdq_budget = design.cmdq_budget or 1 << self.feat.cmdqs
 
     # ------------------------------------------------------------ streams
     def attach(self, vsid: int, psid: int, ats: bool = False) -> None:
@@ -95,10 +111,24 @@ class VSmmu(SmmuFrontend):
             vste = self._fetch(self._ste_addr(vsid), STE_SIZE, "ste", vsid, Event.F_STE_FETCH)
         except FaultError as e:
             return 0, replace(e.fault, sid=vsid)
-        host = HostStream(self.guest.s2_ste, self.feat.ssidsize, vsid in self.ats_vsids,
-                          self.feat.oas_bits)
+        self._check_panics(vsid, vste)
+        ats = self.feat.ats and vsid in self.ats_vsids  # a design may offer no ATS
+        host = HostStream(self.guest.s2_ste, self.feat.ssidsize, ats, self.feat.oas_bits,
+                          self.design)
         pste = vste_to_pste(vste, host)
         return pste, (Fault(Event.C_BAD_STE, sid=vsid) if pste == 0 else None)
+
+    def _check_panics(self, vsid: int, vste: int) -> None:
+        """The vSTEs on which the design's hypervisor stops (`Design.crashes`)."""
+        if not self.design.crashes or not STE.get(vste, "V"):
+            return
+        config = STE.get(vste, "CONFIG")
+        if "reserved-config" in self.design.crashes and config in RESERVED_CONFIGS:
+            raise HypervisorPanic(f"{self.name}: vSID {vsid:#x}: vSTE Config {config:#05b}")
+        if ("live-s1-rewrite" in self.design.crashes and config == Config.S1_TRANS
+                and STE.get(self.installed.get(vsid, 0), "CONFIG") == Config.NESTED):
+            raise HypervisorPanic(f"{self.name}: vSID {vsid:#x}: stage 1 over a live "
+                                  "stage-1 STE")
 
     def install(self, vsid: int, *, cfgi: bool = False) -> None:
         """Bring the physical STE in line with the guest's state; with `cfgi` (the
@@ -128,7 +158,7 @@ class VSmmu(SmmuFrontend):
 
     # ----------------------------------------------------------- commands
     def context(self) -> GuestContext:
-        return GuestContext(self.guest.vmid, self.vsids, self.feat.ats)
+        return GuestContext(self.guest.vmid, self.vsids, self.feat.ats, self.design)
 
     def execute(self, cmd: int) -> CmdError:
         action, out = guest_command(cmd, self.context())
@@ -175,7 +205,7 @@ class VSmmu(SmmuFrontend):
         event queue; False when it is not for the guest or the queue lost it."""
         fetch = Fault.decode(record).fetch_addr
         fetch_ipa = (self.guest.ipa_of(fetch) if fetch is not None else None) or 0
-        ok, out = guest_event(record, vsid, fetch_ipa)
+        ok, out = guest_event(record, vsid, fetch_ipa, self.design)
         if not ok:
             return False
         if EVENT.get(record, "ID") == Event.C_BAD_STE and vsid in self.pending:

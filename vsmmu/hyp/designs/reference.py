@@ -1,0 +1,52 @@
+"""`vsmmu`: this project's own design, the hardened reference and the default.
+
+Its rules are the tables of vsmmu/hyp/transfer.py; this module only names them
+and says where each choice comes from.
+"""
+
+from __future__ import annotations
+
+from ..transfer import REFERENCE
+from .profile import Choice, Profile
+
+PROFILE = Profile(REFERENCE, (
+    "the hardened reference: one vSMMU per physical SMMU, vSTEs sanitised to the "
+    "Linux nesting whitelist, every guest command validated and confined to the "
+    "guest's VMID and streams (CERROR_ILL otherwise), at most 64 commands per trap"
+), (
+    Choice("placement", "one vSMMU per (guest, physical SMMU), a vSID->pSID table each "
+           "(N:N); an unmapped vSID is C_BAD_STREAMID to the guest",
+           "shared/DESIGN.md (seed design points); Xen design thread, Babchuk 27 Aug 2025 "
+           "(StreamIDs overlap across physical SMMUs)"),
+    Choice("guest STE fields", "V, Config, S1Fmt, S1ContextPtr, S1CDMax, S1DSS, S1CIR, "
+           "S1COR, S1CSH, S1STALLD, EATS; every other bit, stage 2 and the VMID are the "
+           "hypervisor's", "Linux drivers/iommu/arm/arm-smmu-v3 iommufd nesting "
+           "(STRTAB_STE_0/1 NESTING_ALLOWED)"),
+    Choice("invalid vSTE", "a V=0 physical STE: the SMMU's C_BAD_STE reaches the guest "
+           "with its vSID (F_STE_FETCH / C_BAD_STREAMID for its own table)",
+           "IHI 0070 §5.2, §7.3.3 (what a guest driver expects of a real SMMU)"),
+    Choice("vSTE Config", "abort and reserved 0b001-0b011: abort; bypass: the guest's "
+           "stage 2 alone; S1 translate: nested with the hypervisor's stage 2",
+           "IHI 0070 §5.2 STE.Config; shared/DESIGN.md (stage 2 stays the hypervisor's)"),
+    Choice("ATS", "a guest's EATS=translate becomes split-stage ATS (S1CHK) for devices "
+           "assigned with ATS: translated transactions still go through stage 2",
+           "IHI 0070 §3.9.1.3, §5.2 STE.EATS"),
+    Choice("commands", "CFGI_STE(_RANGE): re-read the vSTEs and rebuild; CFGI_CD(_ALL), "
+           "ATC_INV: vSID->pSID; TLBI_NH_*: the guest's VMID forced; TLBI_NSNH_ALL: "
+           "TLBI_NH_ALL of the guest's VMID; PREFETCH_*: dropped; SYNC: after a physical "
+           "SYNC; anything else or SSec=1: CERROR_ILL", "IHI 0070 §4.1-4.7; "
+           "shared/DESIGN.md (validated before anything touches hardware)"),
+    Choice("commands per trap", "at most 64, the rest on later traps",
+           "Xen design doc risk 7 and Grall, 13 Aug 2025 (a guest must not hog the "
+           "non-preemptible hypervisor)"),
+    Choice("events", "a guest's configuration and translation faults, with its vSID and "
+           "only guest addresses; F_STE_FETCH / C_BAD_STREAMID of the host's table never; "
+           "nested STEs set MEV", "IHI 0070 §7.3; shared/DESIGN.md (events go only to the "
+           "owner)"),
+    Choice("MSIs", "a hypervisor-chosen doorbell window in each guest's IPA space, mapped "
+           "by stage 2 to that guest's doorbell page", "shared/DESIGN.md (reserved region "
+           "/ RMR in the nested case)"),
+    Choice("guest addresses", "register addresses above the vSMMU's OAS (the guest's IPA "
+           "size) are not stored", "IHI 0070 §3.4.3 note 6 (an emulated SMMU masks guest "
+           "addresses to the IPA size)"),
+))
