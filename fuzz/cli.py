@@ -213,6 +213,8 @@ DELEGATED = (
     ("fuzz", "fuzz_command", "run a fuzzing campaign (default: every harness in turn on "
      "the embedded platform, all invariants, 60 s)"),
     ("triage", "triage", "replay, classify, group and minimize crash inputs"),
+    ("compare", "compare", "every vSMMU design under every invariant, side by side: "
+     "proofs and campaigns, each violation with a minimized witness"),
     ("diff-qemu", "peers.differential", "differential test of the SMMUv3 model against QEMU's"),
     ("bench", "bench.bugs", "benchmarks: planted bugs found (ours vs baselines), speed"),
 )

@@ -23,6 +23,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from vsmmu.platform import DEFAULT_DESIGN
+
 from .harness import Settings, make_runner, planted
 from .program import MAX_BYTES, decode, to_text
 from .results import GROUPS, CampaignResult, Finding, groups_of
@@ -51,7 +53,8 @@ def write(result: CampaignResult, directory: str | Path, *, platform: str | None
 
 def _finding(f: Finding, platform: str | None, plant: str | None) -> dict[str, Any]:
     check = ["vsmmu", "check", "--target", f.target, *(["--platform", platform] if platform
-                                                       else []), f.artifact]
+                                                       else []),
+             *(["--design", f.design] if f.design != DEFAULT_DESIGN else []), f.artifact]
     entry = {"signature": f.signature, "target": f.target, "artifact": f.artifact,
              "found_after": f.found_after, "program": None, "minimized": None,
              "check": shlex.join(check)}
@@ -63,7 +66,7 @@ def _finding(f: Finding, platform: str | None, plant: str | None) -> dict[str, A
     entry["program"] = to_text(ops)
     try:
         with planted(plant):
-            runner = make_runner(f.target, Settings(platform=platform))
+            runner = make_runner(f.target, Settings(platform=platform, design=f.design))
             small = minimize(runner, ops, f.signature, budget=MINIMIZE_BUDGET)
     except (ValueError, KeyError):  # does not reproduce as that signature, or no such target
         return entry

@@ -111,16 +111,22 @@ class VSmmu(SmmuFrontend):
             vste = self._fetch(self._ste_addr(vsid), STE_SIZE, "ste", vsid, Event.F_STE_FETCH)
         except FaultError as e:
             return 0, replace(e.fault, sid=vsid)
-        self._check_panics(vsid, vste)
         ats = self.feat.ats and vsid in self.ats_vsids  # a design may offer no ATS
         host = HostStream(self.guest.s2_ste, self.feat.ssidsize, ats, self.feat.oas_bits,
                           self.design)
         pste = vste_to_pste(vste, host)
         return pste, (Fault(Event.C_BAD_STE, sid=vsid) if pste == 0 else None)
 
-    def _check_panics(self, vsid: int, vste: int) -> None:
-        """The vSTEs on which the design's hypervisor stops (`Design.crashes`)."""
-        if not self.design.crashes or not STE.get(vste, "V"):
+    def _check_panics(self, vsid: int) -> None:
+        """The vSTEs on which the design's hypervisor stops (`Design.crashes`), read as
+        its CFGI_STE handler reads them (Xen's: V=0 is skipped before decoding)."""
+        if not self.design.crashes:
+            return
+        try:
+            vste = self._fetch(self._ste_addr(vsid), STE_SIZE, "ste", vsid, Event.F_STE_FETCH)
+        except FaultError:
+            return
+        if not STE.get(vste, "V"):
             return
         config = STE.get(vste, "CONFIG")
         if "reserved-config" in self.design.crashes and config in RESERVED_CONFIGS:
@@ -134,6 +140,8 @@ class VSmmu(SmmuFrontend):
         """Bring the physical STE in line with the guest's state; with `cfgi` (the
         guest asked for CFGI_STE) invalidate it even when unchanged, as the guest
         may rely on that for what is cached through the STE (its CDs)."""
+        if cfgi:
+            self._check_panics(vsid)
         pste, fault = self.physical_ste(vsid)
         if fault is None:
             self.pending.pop(vsid, None)
