@@ -297,7 +297,9 @@ def _vste(system, op):
         return
     addr = vsmmu._ste_addr(op.vsid)  # where the guest's own table puts it
     system.hyp.guests[guest].view.write(addr, op.ste)
-    _push(system, guest, smmu, COMMANDS[Op.CFGI_STE].encode(OP=Op.CFGI_STE, SID=op.vsid))
+    # Leaf=1, as Linux's arm_smmu_sync_ste_for_sid issues it (and pKVM requires).
+    _push(system, guest, smmu, COMMANDS[Op.CFGI_STE].encode(OP=Op.CFGI_STE, SID=op.vsid,
+                                                            LEAF=1))
 
 
 def _own_device(system, slot, index):
@@ -373,7 +375,8 @@ def _mem(system, op):
 
 def _assign(system, op):
     device, guest = _device(system, op.device), _guest(system, op.guest)
-    if guest is not None and device not in system.hyp.assigned:
+    if guest is not None and device not in system.hyp.assigned \
+            and system.hyp.takes_devices(guest):
         system.hyp.assign(device, guest)
 
 

@@ -36,8 +36,13 @@ def stage2_authority(pste: Any, s2_ste: int) -> Any:
 # What a guest may cause on the physical queue, and the field rules per opcode.
 # TLBI_S12_VMALL of the guest's own VMID is confined too: a design may widen a
 # guest's invalidation to it (Xen's v3 series does); wider costs time, not isolation.
+# So are the prefetch hints for the guest's own streams.
 FORWARDABLE = frozenset({Op.CFGI_CD, Op.CFGI_CD_ALL, Op.TLBI_NH_ALL, Op.TLBI_NH_ASID,
-                         Op.TLBI_NH_VA, Op.TLBI_NH_VAA, Op.ATC_INV, Op.TLBI_S12_VMALL})
+                         Op.TLBI_NH_VA, Op.TLBI_NH_VAA, Op.ATC_INV, Op.TLBI_S12_VMALL,
+                         Op.PREFETCH_CONFIG, Op.PREFETCH_ADDR})
+# Invalidations of every stream or every VMID: confined only for a guest that owns
+# every stream of the SMMU (pKVM's host), where "every" is its own.
+GLOBAL = frozenset({Op.CFGI_STE_RANGE, Op.TLBI_NSNH_ALL})
 
 
 def command_confined(out: Any, ctx: GuestContext) -> Any:
@@ -45,18 +50,22 @@ def command_confined(out: Any, ctx: GuestContext) -> Any:
     carries no reserved bits and no Secure stream, and is of a forwardable kind."""
     op = CMD_ANY.get(out, "OP")
     psids = frozenset(ctx.vsids.values())
+    kinds = FORWARDABLE | GLOBAL if ctx.owns_all else FORWARDABLE
     rules = []
-    for code in FORWARDABLE:
+    for code in kinds:
         layout = COMMANDS[code]
         conds = [out & ~layout.defined_mask & ((1 << 128) - 1) == 0]
-        if "VMID" in layout:
-            conds.append(layout.get(out, "VMID") == ctx.vmid)
-        if "SID" in layout:
-            conds.append(bv.member(layout.get(out, "SID"), psids))
         if "SSEC" in layout:
             conds.append(layout.get(out, "SSEC") == 0)
+        if code not in GLOBAL:
+            if "VMID" in layout:
+                conds.append(layout.get(out, "VMID") == ctx.vmid)
+            if "SID" in layout:
+                conds.append(bv.member(layout.get(out, "SID"), psids))
+        elif code == Op.CFGI_STE_RANGE:  # all of them: Range 31 (CFGI_ALL)
+            conds.append(layout.get(out, "RANGE") == 31)
         rules.append(bv.implies(op == code, bv.all_of(*conds)))
-    return bv.all_of(bv.member(op, frozenset(int(o) for o in FORWARDABLE)), *rules)
+    return bv.all_of(bv.member(op, frozenset(int(o) for o in kinds)), *rules)
 
 
 _DWORD3 = ((1 << 64) - 1) << 192

@@ -21,9 +21,11 @@ from fuzz.compare import JUDGED, compare, format_markdown
 from fuzz.program import load, parse
 from fuzz.results import Finding
 from fuzz.targets import runner_for
+from properties.predicates import command_confined
 from properties.proofs import prove_all
 from vsmmu.guests.guest import GuestKernel
 from vsmmu.hyp.designs import PROFILES, profile
+from vsmmu.hyp.designs.pkvm import PKVM
 from vsmmu.hyp.designs.xen_v3 import XEN_V3
 from vsmmu.hyp.hypervisor import Hypervisor
 from vsmmu.hyp.transfer import (
@@ -45,7 +47,7 @@ def xen(vmid: int = 5) -> GuestContext:
 
 # ------------------------------------------------------------------ the list
 def test_every_profile_cites_a_source_for_every_choice():
-    assert {"vsmmu", "xen-v3"} <= set(PROFILES)
+    assert {"vsmmu", "xen-v3", "pkvm"} <= set(PROFILES)
     for p in PROFILES.values():
         assert p.summary and len(p.choices) >= 8, p.name
         for c in p.choices:
@@ -210,3 +212,54 @@ def test_compare_runs_every_design_under_every_invariant(tmp_path):
     assert {"design", "invariant", "result", "execs", "seconds", "witness",
             "explanation"} <= set(out["results"][0])
     assert "| event-confinement | proved | VIOLATED" in format_markdown(r)
+
+
+# --------------------------------------------------------------- pkvm rules
+def pkvm(owns_all: bool = True) -> GuestContext:
+    return GuestContext(5, {0x10: 0x10}, ats=True, design=PKVM, owns_all=owns_all)
+
+
+@pytest.mark.parametrize(("cmd", "action", "out"), [
+    ((1 << 64) | 0x03, Action.CFGI_STE, 0),  # CFGI_STE Leaf=1 (bit 64): re-shadow
+    (0x03, Action.PANIC, 0),  # Leaf=0: refused (a fatal WARN)
+    ((31 << 64) | 0x04, Action.FORWARD, (31 << 64) | 0x04),  # CFGI_ALL: Range 31 (68:64)
+    ((3 << 64) | 0x04, Action.PANIC, 0),
+    ((2 << 48) | 0x11, Action.FORWARD, (2 << 48) | (5 << 32) | 0x11),  # NH_ASID, VMID 0
+    ((3 << 32) | 0x11, Action.PANIC, 0),  # any other VMID
+    (0x10, Action.PANIC, 0), (0x20, Action.PANIC, 0), (0x28, Action.PANIC, 0),
+    (0x2A, Action.PANIC, 0),  # NH_ALL, EL2_ALL, S12_VMALL, S2_IPA
+    (0x1046, Action.FORWARD, 0x1046),  # CMD_SYNC CS=IRQ (13:12): forwarded as written
+    (0x0046, Action.SYNC, 0),
+    ((0x10 << 32) | 0x40, Action.FORWARD, (0x10 << 32) | 0x40),  # ATC_INV: default allow
+    (0x30, Action.FORWARD, 0x30), (0x7F, Action.FORWARD, 0x7F),  # NSNH_ALL, unknown
+])
+def test_pkvm_commands(cmd, action, out):
+    assert guest_command(cmd, pkvm()) == (action, out)
+
+
+def test_global_invalidations_are_confined_only_for_the_owner_of_every_stream():
+    cfgi_all = (31 << 64) | 0x04
+    assert command_confined(cfgi_all, pkvm(owns_all=True))
+    assert not command_confined(cfgi_all, pkvm(owns_all=False))
+    assert not command_confined(0x7F, pkvm(owns_all=True))  # an unknown opcode never
+
+
+def test_pkvm_copies_eats_and_takes_stage_2_configs():
+    host = HostStream(S2_STE, ssidsize=8, ats=False, oas_bits=40, design=PKVM)
+    vste = 1 | 0b101 << 1 | 0x4000_0000 | 1 << 92  # S1, EATS=0b01 (93:92)
+    assert vste_to_pste(vste, host) >> 92 & 3 == 1  # full ATS reaches hardware
+    assert vste_to_pste(vste, replace(host, design=REFERENCE)) >> 92 & 3 == 0
+    assert vste_to_pste(1 | 0b110 << 1, host) == S2_STE  # Config S2: the hypervisor's
+    assert vste_to_pste(1 | 0b110 << 1, replace(host, design=REFERENCE)) == 0
+
+
+def test_pkvm_world_one_host_owning_every_device():
+    hyp = _hyp("pkvm")
+    assert {g for g, _ in hyp.assigned.values()} == {"g0"}
+    assert all(v == hyp.devices[d].sid for d, (_, v) in hyp.assigned.items())
+    assert hyp.guests["g1"].vsmmus == {} and not hyp.takes_devices("g1")
+    hyp.deassign("nic0")
+    with pytest.raises(ValueError, match="g1 has no IOMMU interface"):
+        hyp.assign("nic0", "g1")
+    vsmmu = hyp.guests["g0"].vsmmus["smmu0"]
+    assert vsmmu.physical_ste(0x11)[0] >> 1 & 7 == 0  # SMMUEN=0, GBPA bypass: abort

@@ -79,13 +79,15 @@ def _corpus_shape(corpus: Path) -> tuple[int, float, float]:
     return n, (sum(sizes) / n if n else 0.0), (sum(ops) / n if n else 0.0)
 
 
-def soak(seconds: float, *, z3: bool = True, say=print) -> list[Minute]:
+def soak(seconds: float, *, z3: bool = True, design: str | None = None,
+         say=print) -> list[Minute]:
     with tempfile.TemporaryDirectory(prefix="vsmmu-soak-") as tmp:
         corpus, artifacts = Path(tmp, "corpus"), Path(tmp, "artifacts")
         corpus.mkdir()
         cmd = [sys.executable, "-c", "import sys; from fuzz.cli import main; sys.exit(main())",
                "fuzz", "--time", str(seconds), "--json", "--corpus", str(corpus),
-               "--artifacts", str(artifacts), *([] if z3 else ["--no-z3"])]
+               "--artifacts", str(artifacts), *([] if z3 else ["--no-z3"]),
+               *(["--design", design] if design else [])]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True, cwd=Path(__file__).resolve().parents[2])
         execs = [0]
@@ -134,11 +136,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time", type=options.seconds, default=3600.0, metavar="S",
                         help="campaign length, seconds (default 3600)")
     parser.add_argument("--no-z3", action="store_true", help="skip the Z3 state checks")
+    options.add_design(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def main(args: argparse.Namespace) -> int:
-    minutes = soak(args.time, z3=not args.no_z3,
+    minutes = soak(args.time, z3=not args.no_z3, design=args.design,
                    say=lambda text: print(text, file=sys.stderr, flush=True))
     if args.json:
         print(json.dumps({"minutes": [asdict(m) for m in minutes]}, indent=2))

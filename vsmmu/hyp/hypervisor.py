@@ -26,7 +26,7 @@ that lands on a doorbell is logged as an MSI with its StreamID.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..arch.faults import Fault
 from ..arch.layouts import Op
@@ -100,11 +100,23 @@ class Msi:
     sid: int  # the physical StreamID that wrote it (the device ID)
 
 
+def host_topology(p: Platform) -> Platform:
+    """pKVM's world on a platform: its first guest is the untrusted host and owns every
+    device, each at vSID == pSID (the host drives physical StreamIDs); the other
+    guests are protected VMs with no device."""
+    if not p.guests:
+        return p
+    host = p.guests[0].name
+    return replace(p, devices=tuple(replace(d, guest=host, vsid=d.sid) for d in p.devices))
+
+
 class Hypervisor:
     def __init__(self, platform: Platform | None = None):
         self.platform = platform or default_platform()
         check_bootable(self.platform)
         self.design = profile(self.platform.design).design
+        if self.design.topology == "host":
+            self.platform = host_topology(self.platform)
         self.mem = PhysMem(48)
         self.mem.add(*HYP_POOL, HYP)
         self.hyp_alloc = Allocator(*HYP_POOL)
@@ -176,6 +188,8 @@ class Hypervisor:
             guest.viommu = VirtioIommu({}, VirtioBackend(self, guest, IPA_BITS), config=config,
                                        max_mappings=VIRTIO_MAPPINGS, max_domains=VIRTIO_DOMAINS)
             return guest
+        if self.design.topology == "host" and spec.name != self.platform.guests[0].name:
+            return guest  # a protected VM: no SMMU interface at all
         for name, phys in self.smmus.items():
             guest.vsmmus[name] = VSmmu(guest, phys, IPA_BITS, self.design)
         return guest
@@ -293,7 +307,11 @@ class Hypervisor:
             guest.viommu.add_endpoint(vsid, [ResvRegion(MSI_WINDOW[0], sum(MSI_WINDOW) - 1,
                                                         ResvSubtype.MSI)])
             return vsid
+        if not self.takes_devices(guest_name):
+            raise ValueError(f"{guest_name} has no IOMMU interface to take {device!r} on")
         vsmmu = guest.vsmmus[spec.smmu]
+        if vsid is None and self.design.topology == "host":
+            vsid = spec.sid  # the host drives physical StreamIDs
         if vsid is None:
             vsid = next(v for v in range(1 << 16) if v not in vsmmu.vsids)
         elif vsid in vsmmu.vsids:
@@ -302,6 +320,12 @@ class Hypervisor:
         self.assigned[device] = (guest_name, vsid)
         vsmmu.attach(vsid, spec.sid, ats=spec.ats)
         return vsid
+
+    def takes_devices(self, guest_name: str) -> bool:
+        """Whether a device can be assigned to the guest: not to a protected VM of a
+        host-topology design, which has no IOMMU interface."""
+        guest = self.guests[guest_name]
+        return guest.viommu is not None or bool(guest.vsmmus)
 
     def deassign(self, device: str) -> None:
         """Quarantine: abort STE, config and ATC invalidation, sync — before the

@@ -62,10 +62,11 @@ def vste_to_pste(vste: Any, host: HostStream) -> Any:
     design = host.design
     config = STE.get(vste, "CONFIG")
     eats = STE.get(vste, "EATS")
+    configs = GUEST_CONFIGS | ({Config.S2_TRANS} if design.s2_config else set())
     # Stage-1 fields matter only to a stage-1 config (abort and bypass ignore them).
     valid = bv.all_of(
         STE.get(vste, "V") == 1,
-        bv.member(config, GUEST_CONFIGS),
+        bv.member(config, frozenset(configs)),
         bv.implies(config == Config.S1_TRANS, bv.all_of(
             bv.ule(STE.get(vste, "S1CDMAX"), host.ssidsize),
             # S1CHK (split-stage) needs nesting, which the vSMMU does not offer; the
@@ -79,15 +80,18 @@ def vste_to_pste(vste: Any, host: HostStream) -> Any:
     nested = STE.put(host.s2_ste, "CONFIG", Config.NESTED)
     # Merged events: a guest must not flood the host (ours; a design may differ).
     nested = STE.put(nested, "MEV", int(design.merge_events))
-    if host.ats:
+    if design.full_ats:  # the guest's EATS as it wrote it (pKVM copies dword 1)
+        nested = STE.put(nested, "EATS", eats)
+    elif host.ats:
         # The guest's "translate" becomes split-stage ATS (S1CHK): ATS answers carry
         # IPAs and translated transactions still go through stage 2.  Full ATS would
         # let the device's translated transactions skip stage 2 altogether.
         nested = STE.put(nested, "EATS", 0) | bv.ite(
             eats == 1, STE["EATS"].put(0, EATS_S1CHK), 0, 512)
     nested = nested | (vste & design.s1_half)
+    s2_only = bv.any_of(config == Config.BYPASS, config == Config.S2_TRANS)
     out = bv.ite(config == Config.S1_TRANS, nested,
-                 bv.ite(config == Config.BYPASS, host.s2_ste, ABORT_STE, 512), 512)
+                 bv.ite(s2_only, host.s2_ste, ABORT_STE, 512), 512)
     return bv.ite(valid, out, design.invalid_vste, 512)
 
 
@@ -98,6 +102,7 @@ class Action(IntEnum):
     SYNC = 3  # complete forwarded work, then signal the guest
     NOP = 4  # accepted, nothing to do (a hint, or a stream the guest does not have)
     ILL = 5  # CERROR_ILL to the guest
+    PANIC = 6  # the design's hypervisor stops (a WARN or BUG in its source)
 
 
 Rule = Callable[[Any, "GuestContext"], tuple[Any, Any]]
@@ -133,6 +138,11 @@ def _with_psid(op: Op, needs_ats: bool = False) -> Rule:
         return action, layout.put(_clean(op, cmd), "SID", psid)
 
     return rule
+
+
+def always(action: Action) -> Rule:
+    """The rule that answers every command with `action` (nothing forwarded)."""
+    return lambda cmd, ctx: (action, 0)
 
 
 def _plain(action: Action, op: Op | None = None) -> Rule:
@@ -194,7 +204,7 @@ class Design:
     invalid_vste: int = 0  # the physical STE of a rejected vSTE: 0 (V=0) or ABORT_STE
     merge_events: bool = True  # STE.MEV on the guest's nested STEs
     commands: Mapping[Op, Rule] = field(default_factory=lambda: GUEST_COMMANDS)
-    otherwise: Action = Action.ILL  # an opcode `commands` lacks: CERROR_ILL, or NOP
+    otherwise: Rule = always(Action.ILL)  # an opcode without a rule
     cmdq_budget: int | None = 64  # guest commands one PROD trap consumes; None: all queued
     events: frozenset[Event] = GUEST_EVENTS  # physical events the guest is told of
     s2_events: bool = True  # stage-2 faults among them too (at the guest's own IPA)
@@ -203,6 +213,12 @@ class Design:
     features: Mapping[str, Any] = field(default_factory=dict)
     # Guest inputs on which the design's hypervisor stops (a BUG): see virtual.py.
     crashes: frozenset[str] = frozenset()
+    full_ats: bool = False  # the guest's EATS reaches hardware unchanged
+    s2_config: bool = False  # a vSTE Config=S2 is accepted (as the hypervisor's stage 2)
+    abort_when_disabled: bool = False  # the vSMMU's SMMUEN=0 aborts whatever its GBPA says
+    # "guests": every guest a vSMMU per physical SMMU; "host": one untrusted host owns
+    # every device, at vSID == pSID, and the other guests none (pKVM's world).
+    topology: str = "guests"
 
     @cached_property
     def s1_half(self) -> int:
@@ -233,6 +249,7 @@ class GuestContext:
     vsids: dict[int, int] = field(default_factory=dict)  # vSID -> pSID on this SMMU
     ats: bool = False
     design: Design = REFERENCE
+    owns_all: bool = False  # every stream of this SMMU is the guest's (pKVM's host)
 
 
 def guest_command(cmd: Any, ctx: GuestContext) -> tuple[Any, Any]:
@@ -241,9 +258,8 @@ def guest_command(cmd: Any, ctx: GuestContext) -> tuple[Any, Any]:
     op = CMD_ANY.get(cmd, "OP")
     rules, otherwise = ctx.design.commands, ctx.design.otherwise
     if not is_symbolic(op):
-        rule = rules.get(op)
-        return rule(cmd, ctx) if rule else (otherwise, 0)
-    action, out = otherwise, 0
+        return rules.get(op, otherwise)(cmd, ctx)
+    action, out = otherwise(cmd, ctx)
     for code, rule in rules.items():
         a, o = rule(cmd, ctx)
         hit = op == code

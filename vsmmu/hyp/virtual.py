@@ -106,7 +106,8 @@ class VSmmu(SmmuFrontend):
         """The physical STE the guest's current state asks for, and the fault a
         physical C_BAD_STE on it will stand for."""
         if not self._f("CR0ACK", "SMMUEN"):  # the vSMMU's GBPA: abort, or stage 2 only
-            return (ABORT_STE if self._f("GBPA", "ABORT") else self.guest.s2_ste), None
+            abort = self._f("GBPA", "ABORT") or self.design.abort_when_disabled
+            return (ABORT_STE if abort else self.guest.s2_ste), None
         try:
             vste = self._fetch(self._ste_addr(vsid), STE_SIZE, "ste", vsid, Event.F_STE_FETCH)
         except FaultError as e:
@@ -129,7 +130,8 @@ class VSmmu(SmmuFrontend):
         if not STE.get(vste, "V"):
             return
         config = STE.get(vste, "CONFIG")
-        if "reserved-config" in self.design.crashes and config in RESERVED_CONFIGS:
+        if ("reserved-config" in self.design.crashes and config in RESERVED_CONFIGS
+                or "nested-config" in self.design.crashes and config == Config.NESTED):
             raise HypervisorPanic(f"{self.name}: vSID {vsid:#x}: vSTE Config {config:#05b}")
         if ("live-s1-rewrite" in self.design.crashes and config == Config.S1_TRANS
                 and STE.get(self.installed.get(vsid, 0), "CONFIG") == Config.NESTED):
@@ -166,7 +168,8 @@ class VSmmu(SmmuFrontend):
 
     # ----------------------------------------------------------- commands
     def context(self) -> GuestContext:
-        return GuestContext(self.guest.vmid, self.vsids, self.feat.ats, self.design)
+        owns_all = all(g == self.guest.name for g, _ in self.phys.owners.values())
+        return GuestContext(self.guest.vmid, self.vsids, self.feat.ats, self.design, owns_all)
 
     def execute(self, cmd: int) -> CmdError:
         action, out = guest_command(cmd, self.context())
@@ -182,6 +185,8 @@ class VSmmu(SmmuFrontend):
             self._signal_sync(COMMANDS[Op.SYNC].decode(cmd))
         elif action == Action.ILL:
             return CmdError.ILL
+        elif action == Action.PANIC:
+            raise HypervisorPanic(f"{self.name}: command {cmd:#034x} refused")
         return CmdError.NONE
 
     def _cfgi(self, c) -> None:

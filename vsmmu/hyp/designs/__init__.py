@@ -11,12 +11,13 @@ invariant is stated in the same words for every design.
 from __future__ import annotations
 
 from ...platform import DEFAULT_DESIGN
-from . import reference, xen_v3
+from . import pkvm, reference, xen_v3
 from .profile import Choice, Profile
 
 __all__ = ["DEFAULT", "PROFILES", "Choice", "Profile", "profile"]
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (reference.PROFILE, xen_v3.PROFILE)}
+PROFILES: dict[str, Profile] = {
+    p.name: p for p in (reference.PROFILE, xen_v3.PROFILE, pkvm.PROFILE)}
 DEFAULT = DEFAULT_DESIGN  # the platform's default: ours
 
 

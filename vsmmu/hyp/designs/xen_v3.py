@@ -17,7 +17,7 @@ cannot express yet.
 from __future__ import annotations
 
 from ...arch.layouts import COMMANDS, Event, Op
-from ..transfer import Action, Design
+from ..transfer import Action, Design, always
 from .profile import Choice, Profile
 
 
@@ -28,22 +28,18 @@ def _flush_domain(cmd, ctx):
                                                               VMID=ctx.vmid)
 
 
-def _always(action: Action):
-    return lambda cmd, ctx: (action, 0)
-
-
 # arm_vsmmu_handle_cmds (09/23): nine opcodes handled, everything else logged as
 # "unhandled" and skipped with CONS advanced (Design.otherwise); never CERROR.
 COMMANDS_V3 = {
-    Op.PREFETCH_CONFIG: _always(Action.NOP),
-    Op.CFGI_STE: _always(Action.CFGI_STE),  # SSec not looked at
-    Op.CFGI_STE_RANGE: _always(Action.NOP),  # CFGI_ALL too: no-op for any Range
-    Op.CFGI_CD: _always(Action.NOP),
-    Op.CFGI_CD_ALL: _always(Action.NOP),
+    Op.PREFETCH_CONFIG: always(Action.NOP),
+    Op.CFGI_STE: always(Action.CFGI_STE),  # SSec not looked at
+    Op.CFGI_STE_RANGE: always(Action.NOP),  # CFGI_ALL too: no-op for any Range
+    Op.CFGI_CD: always(Action.NOP),
+    Op.CFGI_CD_ALL: always(Action.NOP),
     Op.TLBI_NH_ASID: _flush_domain,
     Op.TLBI_NH_VA: _flush_domain,
     Op.TLBI_NSNH_ALL: _flush_domain,
-    Op.SYNC: _always(Action.SYNC),  # CS never decoded
+    Op.SYNC: always(Action.SYNC),  # CS never decoded
 }
 
 XEN_V3 = Design(
@@ -52,7 +48,7 @@ XEN_V3 = Design(
     vste_fields=("V", "CONFIG", "S1FMT", "S1CONTEXTPTR", "S1CDMAX"),
     merge_events=False,
     commands=COMMANDS_V3,
-    otherwise=Action.NOP,
+    otherwise=always(Action.NOP),
     cmdq_budget=None,
     events=frozenset({Event.F_TRANSLATION, Event.F_ADDR_SIZE, Event.F_ACCESS,
                       Event.F_PERMISSION}),
