@@ -30,8 +30,9 @@ from vsmmu.hyp.host import IPA_BITS, PhysicalSmmu
 from vsmmu.hyp.hypervisor import Guest, Hypervisor
 from vsmmu.hyp.virtual import VSmmu
 
-from .predicates import command_confined, event_confined, stage2_authority
+from .predicates import command_confined, event_confined, stage2_authority, trap_work_bound
 from .violations import (
+    BOUNDED_TRAP_WORK,
     CMD_CONFINEMENT,
     EVENT_CONFINEMENT,
     HYP_READ_CONFINEMENT,
@@ -139,6 +140,9 @@ class Monitor:
 
     # ------------------------------------------------------- trust boundary
     def _on_vsmmu(self, kind: str, vsmmu: VSmmu, what: object) -> None:
+        if kind == "work":
+            self._check_work(vsmmu, what)
+            return
         if kind == "command":
             if not command_confined(what, vsmmu.context()):
                 self._violate(CMD_CONFINEMENT, vsmmu=vsmmu.name, command=what,
@@ -152,6 +156,12 @@ class Monitor:
                 out, record, vsid, fetch_ipa):
             self._violate(EVENT_CONFINEMENT, vsmmu=vsmmu.name, record=out, vsid=vsid,
                           fetch_ipa=fetch_ipa)
+
+    def _check_work(self, vsmmu: VSmmu, work: dict[str, int]) -> None:
+        commands, total = trap_work_bound(vsmmu)
+        if work["guest commands"] > commands or sum(work.values()) > total:
+            self._violate(BOUNDED_TRAP_WORK, vsmmu=vsmmu.name, **work,
+                          bound=f"{commands} commands, {total} units")
 
     def _on_request(self, viommu, response, before) -> None:
         """A virtio-iommu request that fails changes nothing (§5.13.6: UNMAP that would

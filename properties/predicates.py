@@ -8,7 +8,7 @@ from typing import Any
 
 from vsmmu.arch import bv
 from vsmmu.arch.layouts import CMD_ANY, COMMANDS, EVENT, STE, Config, Op
-from vsmmu.hyp.transfer import VSTE_ALLOWED, GuestContext
+from vsmmu.hyp.transfer import REFERENCE, VSTE_ALLOWED, GuestContext
 
 # The hypervisor's half of a guest stream's STE: every stage-2 field and the VMID.
 S2_FIELDS = ("S2VMID", "S2T0SZ", "S2SL0", "S2IR0", "S2OR0", "S2SH0", "S2TG", "S2PS",
@@ -82,3 +82,17 @@ def event_confined(out: Any, record: Any, vsid: Any, fetch_ipa: Any) -> Any:
         d3 == record & EVENT["IPA"].mask,
     )
     return bv.all_of(EVENT.get(out, "SID") == vsid, allowed_d3)
+
+
+def trap_work_bound(vsmmu: Any) -> tuple[int, int]:
+    """(guest commands, units of work) one slice of a vSMMU's work may take: B, the
+    design's per-trap command budget (ours, for a design that declares none: a
+    hypervisor that is not preempted must bound what a trap does; Grall on the Xen
+    series, 27 Nov 2025), and B x (2 + 3V) + 3V units for the V streams attached:
+    a command is a unit, and may forward one more or re-read every stream
+    (CFGI_STE_RANGE: a vSTE read, an STE write or CFGI, each per stream); a register
+    write that re-enables the vSMMU re-reads every stream once.  No size the guest
+    chooses (queue size, range, stream table) enters it."""
+    budget = vsmmu.design.cmdq_budget or REFERENCE.cmdq_budget
+    streams = len(vsmmu.vsids)
+    return budget, budget * (2 + 3 * streams) + 3 * streams

@@ -16,6 +16,7 @@ MSI_CONFINEMENT = "msi-confinement"
 UNMAP_COMPLETION = "unmap-completion"  # virtio-iommu
 REQUEST_ATOMICITY = "request-atomicity"  # virtio-iommu
 NO_CRASH = "no-crash"
+BOUNDED_TRAP_WORK = "bounded-trap-work"  # availability
 # The physical SMMU against the architecture (the `smmu` target; properties/architecture.py).
 FAULT_REPORTING = "fault-reporting"
 STREAM_BOUNDS = "stream-bounds"
@@ -24,7 +25,7 @@ QUEUE_PROTOCOL = "queue-protocol"
 INVARIANTS = (
     NO_CROSS_GUEST_DMA, S2_AUTHORITY, S2_CONTAINMENT, TLB_CONTAINMENT, CMD_CONFINEMENT,
     EVENT_CONFINEMENT, HYP_WRITE_CONFINEMENT, HYP_READ_CONFINEMENT, MSI_CONFINEMENT,
-    UNMAP_COMPLETION, REQUEST_ATOMICITY, NO_CRASH,
+    UNMAP_COMPLETION, REQUEST_ATOMICITY, NO_CRASH, BOUNDED_TRAP_WORK,
 )
 ORACLES = (FAULT_REPORTING, STREAM_BOUNDS, QUEUE_PROTOCOL)
 
@@ -50,6 +51,8 @@ STATEMENTS = {
                       "reachable",
     REQUEST_ATOMICITY: "a virtio-iommu request answered with an error changed nothing",
     NO_CRASH: "malformed input never raises an unexpected exception, hangs or exhausts memory",
+    BOUNDED_TRAP_WORK: "one guest trap (or continuation) makes the hypervisor do work "
+                       "bounded independently of every guest-controlled size",
     FAULT_REPORTING: "a recordable fault is recorded (and one CD.R=0 or STE.S2R=0 suppresses "
                      "is not)",
     STREAM_BOUNDS: "a StreamID beyond the stream table ends in C_BAD_STREAMID",

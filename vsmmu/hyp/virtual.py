@@ -16,6 +16,11 @@ decided by the transfer functions (transfer.py); this class only moves data:
   after a physical CMD_SYNC has;
 * physical events of the guest's streams come back through `forward`.
 
+Each slice of hypervisor work a guest causes — one trapped register write, or
+one continuation (`tick`) — is counted in the units the model can measure
+(guest commands consumed, vSTEs read, physical STEs written, physical commands
+issued) and shown to the observers as ("work", counts) when the slice ends.
+
 A vSTE the vSMMU cannot use (unreadable, outside the guest's table, or
 rejected by the transfer function) is installed as a V=0 physical STE: the
 hardware then raises C_BAD_STE for it, and `forward` turns that into the
@@ -59,6 +64,9 @@ def guest_features(phys: Features, ipa_bits: int, design: Design = REFERENCE) ->
     ), **design.features)
 
 
+# The units of a slice of hypervisor work (`VSmmu.work`).
+WORK = ("guest commands", "vSTEs read", "physical STEs written", "physical commands")
+
 # Config values a design may stop on: the reserved 0b001-0b011, and nested, which a
 # stage-1-only vSMMU does not offer (IHI 0070 §5.2 STE.Config).
 RESERVED_CONFIGS = frozenset({0b001, 0b010, 0b011, Config.NESTED})
@@ -81,12 +89,34 @@ class VSmmu(SmmuFrontend):
         self._unsynced = False  # forwarded commands not yet followed by a physical SYNC
         # Watchers of what crosses the trust boundary (the invariant monitor):
         # ("command", physical command word) and ("event", (guest record, physical
-        # record, vSID, fetch IPA)), each before it takes effect.
+        # record, vSID, fetch IPA)), each before it takes effect; ("work", counts)
+        # after each slice of work.
         self.observers: list[Callable[[str, VSmmu, object], None]] = []
         super().__init__(guest_features(phys.smmu.feat, ipa_bits, design),
                          f"{guest.name}/{phys.name}")
         # None: whatever the guest has queued, up to its queue's size, in one trap.
         self.cmdq_budget = design.cmdq_budget or 1 << self.feat.cmdqs
+        self.work: dict[str, int] = {}
+
+    # --------------------------------------------------------------- traps
+    def write(self, offset: int, value: int, size: int = 4) -> None:
+        self._slice(super().write, offset, value, size)
+
+    def tick(self) -> None:
+        self._slice(super().tick)
+
+    def _slice(self, run, *args) -> None:
+        outer = self.work
+        self.work = dict.fromkeys(WORK, 0)
+        try:
+            run(*args)
+        finally:
+            work, self.work = self.work, outer
+            self._notify("work", work)
+
+    def _count(self, unit: str, n: int = 1) -> None:
+        if self.work:
+            self.work[unit] += n
 
     # ------------------------------------------------------------ streams
     def attach(self, vsid: int, psid: int, ats: bool = False) -> None:
@@ -108,6 +138,7 @@ class VSmmu(SmmuFrontend):
         if not self._f("CR0ACK", "SMMUEN"):  # the vSMMU's GBPA: abort, or stage 2 only
             abort = self._f("GBPA", "ABORT") or self.design.abort_when_disabled
             return (ABORT_STE if abort else self.guest.s2_ste), None
+        self._count("vSTEs read")
         try:
             vste = self._fetch(self._ste_addr(vsid), STE_SIZE, "ste", vsid, Event.F_STE_FETCH)
         except FaultError as e:
@@ -150,9 +181,11 @@ class VSmmu(SmmuFrontend):
         else:
             self.pending[vsid] = fault
         if self.installed.get(vsid) != pste:
+            self._count("physical STEs written")
             self.phys.drv.write_ste(self.vsids[vsid], pste)
             self.installed[vsid] = pste
         elif cfgi:
+            self._count("physical commands")
             self.phys.drv.submit(COMMANDS[Op.CFGI_STE].encode(OP=Op.CFGI_STE,
                                                               SID=self.vsids[vsid]))
             self._unsynced = True
@@ -172,9 +205,11 @@ class VSmmu(SmmuFrontend):
         return GuestContext(self.guest.vmid, self.vsids, self.feat.ats, self.design, owns_all)
 
     def execute(self, cmd: int) -> CmdError:
+        self._count("guest commands")
         action, out = guest_command(cmd, self.context())
         if action == Action.FORWARD:
             self._notify("command", out)
+            self._count("physical commands")
             self.phys.drv.submit(out)
             self._unsynced = True
         elif action == Action.CFGI_STE:
@@ -205,6 +240,7 @@ class VSmmu(SmmuFrontend):
         the hardware accepts, so a physical CERROR is a hypervisor bug: it is
         recovered and reported to the guest as CERROR_ILL rather than hidden."""
         self._unsynced = False
+        self._count("physical commands")
         try:
             self.phys.drv.sync()
         except CommandError:

@@ -1,0 +1,73 @@
+"""Availability: `bounded-trap-work` (properties/predicates.py `trap_work_bound`).
+
+Work is what the model counts per slice (one trapped register write, or one
+continuation): guest commands consumed, vSTEs read, physical STEs written,
+physical commands issued.  Our design consumes at most 64 guest commands a
+trap and continues on later ticks; a design that drains the whole queue in
+the trap (Xen's v3) breaks the bound with one PROD write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from fuzz.program import parse
+from fuzz.targets import runner_for
+from properties.monitor import Monitor
+from properties.predicates import trap_work_bound
+from properties.violations import BOUNDED_TRAP_WORK, Violation
+from vsmmu.guests.guest import GuestKernel
+from vsmmu.hyp.hypervisor import Hypervisor
+from vsmmu.platform import default_platform
+
+PREFETCH = 0x01  # CMD_PREFETCH_CONFIG, SID 0: a hint every design accepts
+
+
+def booted(design: str):
+    hyp = Hypervisor(replace(default_platform(), design=design))
+    mon = Monitor(hyp, z3_checks=False)
+    kernels = {g: GuestKernel(hyp, g) for g in ("g0", "g1")}
+    mon.check()
+    return hyp, mon, kernels
+
+
+def test_the_bound_depends_on_the_design_and_the_streams_only():
+    hyp, _, _ = booted("vsmmu")
+    v = hyp.guests["g0"].vsmmus["smmu0"]
+    assert len(v.vsids) == 2  # nic0 and disk0 (default platform)
+    assert trap_work_bound(v) == (64, 64 * (2 + 6) + 6)  # B=64, V=2
+    xen = booted("xen-v3")[0].guests["g0"].vsmmus["smmu0"]
+    assert trap_work_bound(xen) == trap_work_bound(v)  # declares none: judged by ours
+
+
+def test_draining_the_whole_queue_in_one_trap_is_found():
+    hyp, mon, kernels = booted("xen-v3")
+    kernels["g0"].drivers["smmu0"].submit(*[PREFETCH] * 100)  # one PROD write
+    with pytest.raises(Violation) as e:
+        mon.check()
+    assert e.value.invariant == BOUNDED_TRAP_WORK
+    assert e.value.witness["guest commands"] == 100
+
+
+def test_ours_holds_while_one_guest_floods_and_the_other_works():
+    hyp, mon, kernels = booted("vsmmu")
+    flood, other = kernels["g0"].drivers["smmu0"], kernels["g1"].drivers["smmu0"]
+    for _ in range(8):
+        flood.submit(*[PREFETCH] * 200)  # more than three traps' worth each time
+        other.sync()  # g1's own commands still complete
+        mon.check()
+        hyp.step()  # continuations: at most 64 more of g0's a tick
+        mon.check()
+    flood.sync()
+    mon.check()
+
+
+def test_one_register_write_witness():
+    """What the fuzzer finds: CMDQ_PROD moved far ahead over a queue of zeros."""
+    ops = parse("mmio_write guest=0x0 smmu=0x0 reg=0x18 value=0xc0")
+    v = runner_for("system", design="xen-v3", z3=False).run(ops).violation
+    assert v is not None and v.invariant == BOUNDED_TRAP_WORK
+    assert v.witness["guest commands"] > 64
+    assert runner_for("system", z3=False).run(ops).violation is None
