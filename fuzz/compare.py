@@ -1,14 +1,15 @@
 """`vsmmu compare`: every vSMMU design under every invariant, side by side.
 
 For each design (vsmmu/hyp/designs/) on the same platform: the universal proofs
-(`vsmmu prove --design`), then `--seeds` campaigns of `--time` seconds each
-(`vsmmu fuzz --design --seed`, one target, default system).  Each invariant of
-each design ends as one of:
+(`vsmmu prove --design`), the witnesses kept from earlier runs
+(corpora/designs/<design>/*.txt, replayed), then `--seeds` campaigns of `--time`
+seconds each (`vsmmu fuzz --design --seed`, one target, default system).  Each
+invariant of each design ends as one of:
 
   violated  a campaign found it broken (time to the first finding over the seeds;
             its program minimized by `vsmmu triage`'s minimizer and written to
             `--out`, with the `vsmmu check --design` line that replays it), or a
-            proof's Z3 counterexample did;
+            kept witness still breaks it, or a proof's Z3 counterexample does;
   proved    its universal proof holds for every guest and vSMMU, and no campaign
             broke it;
   held      no campaign broke it in `execs` executions (every invariant is checked
@@ -40,10 +41,10 @@ from vsmmu.hyp.hypervisor import Hypervisor
 from vsmmu.platform import PlatformError
 
 from . import options
-from .campaign import CampaignError, CampaignOptions, run_campaign
+from .campaign import SEEDS_ROOT, CampaignError, CampaignOptions, run_campaign
 from .harness import Settings, make_runner
 from .outputs import unwritable_dir, unwritable_file, write_report
-from .program import MAX_BYTES, decode, to_text
+from .program import MAX_BYTES, decode, load, to_text
 from .results import Finding
 from .runner import fuzz_platform, platform_for
 from .triage import minimize
@@ -53,6 +54,7 @@ from .triage import minimize
 JUDGED = tuple(i for i in INVARIANTS if i not in (UNMAP_COMPLETION, REQUEST_ATOMICITY)) \
     + (QUEUE_PROTOCOL,)
 TARGETS = ("system", "vste", "command")  # the harnesses whose programs reach a vSMMU
+WITNESSES = SEEDS_ROOT / "designs"  # <design>/<invariant>.txt, replayed by the tests too
 MINIMIZE_BUDGET = 10.0
 
 
@@ -68,6 +70,7 @@ class Cell:
     witness: str | None = None  # the minimized program (text), or a proof's counterexample
     witness_file: str | None = None
     check: str | None = None  # the command line that replays the witness
+    source: str | None = None  # of a violation: "campaign", "witness" or "proof"
     explanation: str = ""
     proof: str | None = None  # the proof's own result, where there is one
 
@@ -77,7 +80,7 @@ class Cell:
                 "witness": self.witness, "explanation": self.explanation,
                 "found_after": None if self.found_after is None else round(self.found_after, 1),
                 "seed": self.seed, "witness_file": self.witness_file, "check": self.check,
-                "proof": self.proof}
+                "proof": self.proof, "source": self.source}
 
 
 @dataclass
@@ -108,6 +111,18 @@ def _proofs(design: str, platform, timeout_ms: int) -> dict[str, tuple[str, str]
             out[r.property] = ("violated", f"Z3 counterexample for {r.subject}: {cex}")
         elif r.result == "unknown" and result == "proved":
             out[r.property] = ("unknown", f"Z3 timed out for {r.subject}")
+    return out
+
+
+def _kept_witnesses(design: str, target: str, platform: str | None) -> dict[str, tuple]:
+    """invariant -> (file, violation) for each kept witness that still breaks its
+    invariant on the design."""
+    runner = make_runner(target, Settings(platform=platform, design=design, z3=False))
+    out = {}
+    for path in sorted((WITNESSES / design).glob("*.txt")):
+        v = runner.run(load(str(path))).violation
+        if v is not None and v.invariant == path.stem:
+            out[v.invariant] = (path, v)
     return out
 
 
@@ -174,6 +189,7 @@ def compare(designs: list[str], *, target: str = "system", budget: float = 60.0,
             execs = sum(r.execs for _, r in runs)
             spent = sum(r.seconds for _, r in runs)
             first = _first_findings(runs)
+            kept = _kept_witnesses(design, target, platform)
             for invariant in JUDGED:
                 cell = Cell(design, invariant, execs=execs, seconds=spent,
                             explanation=f"held in {execs} executions")
@@ -186,10 +202,20 @@ def compare(designs: list[str], *, target: str = "system", budget: float = 60.0,
                     cell.result, cell.seed, cell.found_after = "violated", seed, f.found_after
                     cell.witness, cell.witness_file, cell.check, cell.explanation = _witness(
                         f, design, target, platform, out, minimize_budget)
+                    cell.source = "campaign"
+                elif invariant in kept:
+                    path, v = kept[invariant]
+                    cell.result, cell.source, cell.witness_file = "violated", "witness", str(path)
+                    cell.witness = "".join(line for line in path.read_text().splitlines(True)
+                                           if not line.startswith("#"))
+                    cell.explanation = f"kept witness: {v}"[:300]
+                    cell.check = shlex.join(["vsmmu", "check", "--design", design, "--target",
+                                             target, str(path)])
                 elif proof:
                     cell.result, why = proof
                     if cell.result == "violated":
                         cell.witness = cell.explanation = why
+                        cell.source = "proof"
                     elif cell.result == "proved":
                         cell.explanation = f"proved for all guest inputs; held in {execs} " \
                                            "executions"
@@ -200,8 +226,8 @@ def compare(designs: list[str], *, target: str = "system", budget: float = 60.0,
 # ------------------------------------------------------------------ output
 def _short(c: Cell) -> str:
     if c.result == "violated":
-        return "VIOLATED" + (f" {c.found_after:.1f}s" if c.found_after is not None else
-                             " (proof)")
+        return "VIOLATED" + (f" {c.found_after:.1f}s" if c.source == "campaign" else
+                             f" ({c.source})")
     if c.result == "held":
         return f"held {c.execs:,}"
     return c.result
