@@ -105,7 +105,7 @@ def _proofs(design: str, platform, timeout_ms: int) -> dict[str, tuple[str, str]
     hyp = Hypervisor(replace(platform or fuzz_platform(), design=design))
     out: dict[str, tuple[str, str]] = {}
     for r in prove_all(hyp, timeout_ms=timeout_ms):
-        result, why = out.setdefault(r.property, ("proved", ""))
+        result = out.setdefault(r.property, ("proved", ""))[0]
         if r.result == "violated" and result != "violated":
             cex = ", ".join(f"{k}={v}" for k, v in (r.counterexample or {}).items())
             out[r.property] = ("violated", f"Z3 counterexample for {r.subject}: {cex}")

@@ -62,6 +62,9 @@ PROGRAMS = {
         f"vste guest=0x0 smmu=0x0 vsid=0x0 ste="
         f"{_ste(CONFIG=Config.S1_TRANS, S1CONTEXTPTR=GUEST_RAM, S2VMID=0x77, S2TTB=G1_PAGE_PA)}",
         "s2-authority"),
+    # 257 PREFETCH_CONFIGs in one PROD write: ours takes 64 a trap, the plant all
+    "cmdq-unbudgeted": (f"cmd_burst guest=0x0 smmu=0x0 count=0x100 "
+                        f"cmd={_cmd(Op.PREFETCH_CONFIG)}", "bounded-trap-work"),
     "vste-bypass-passthrough": (
         f"vste guest=0x0 smmu=0x0 vsid=0x0 ste={_ste(CONFIG=Config.BYPASS)}", "s2-authority"),
     "guest-vmid-passthrough": (f"cmd guest=0x0 smmu=0x0 cmd={_cmd(Op.TLBI_NH_ASID, ASID=2)}",

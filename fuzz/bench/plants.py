@@ -278,6 +278,19 @@ def _s2_input_size_unchecked():
         yield
 
 
+@_plant("cmdq-unbudgeted", 13, "command")
+def _cmdq_unbudgeted():
+    """The vSMMU consumes every queued guest command inside the PROD trap (no budget)."""
+    correct = virtual.VSmmu.__init__
+
+    def init(self, *args, **kwargs):
+        correct(self, *args, **kwargs)
+        self.cmdq_budget = 1 << self.feat.cmdqs
+
+    with mock.patch.object(virtual.VSmmu, "__init__", init):
+        yield
+
+
 @_plant("s2aa64-assert", 13, "smmu")
 def _s2aa64_assert():
     """An STE with a stage-2 config and S2AA64=0 trips an assertion (QEMU's, still present)."""

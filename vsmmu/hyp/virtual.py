@@ -11,9 +11,8 @@ decided by the transfer functions (transfer.py); this class only moves data:
   a physical STE written with the driver's hitless sequence;
 * guest commands are consumed on a PROD write, at most the design's
   `cmdq_budget` per trap (ours: a guest cannot pin the hypervisor, Xen design
-  risk 7); forwarded
-  ones go to the physical queue, and the guest's CMD_SYNC completes only
-  after a physical CMD_SYNC has;
+  risk 7); forwarded ones go to the physical queue, and the guest's CMD_SYNC
+  completes only after a physical CMD_SYNC has;
 * physical events of the guest's streams come back through `forward`.
 
 Each slice of hypervisor work a guest causes — one trapped register write, or
@@ -114,9 +113,9 @@ class VSmmu(SmmuFrontend):
             work, self.work = self.work, outer
             self._notify("work", work)
 
-    def _count(self, unit: str, n: int = 1) -> None:
-        if self.work:
-            self.work[unit] += n
+    def _count(self, unit: str) -> None:
+        if self.work:  # inside a slice (the hypervisor's own calls are not counted)
+            self.work[unit] += 1
 
     # ------------------------------------------------------------ streams
     def attach(self, vsid: int, psid: int, ats: bool = False) -> None:
