@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import functools
 
-from vsmmu.arch.layouts import STE, Config
+from vsmmu.arch.layouts import EVENT, STE, Config
 from vsmmu.arch.virtio_layouts import Status
 from vsmmu.hw.frontend import Initiator
 from vsmmu.hw.memory import HYP, PAGE_SHIFT, PAGE_SIZE
 from vsmmu.hyp.host import IPA_BITS, PhysicalSmmu
 from vsmmu.hyp.hypervisor import Guest, Hypervisor
+from vsmmu.hyp.transfer import GUEST_EVENTS
 from vsmmu.hyp.virtual import VSmmu
 
 from .predicates import command_confined, event_confined, stage2_authority, trap_work_bound
@@ -39,6 +40,7 @@ from .violations import (
     HYP_WRITE_CONFINEMENT,
     MSI_CONFINEMENT,
     NO_CROSS_GUEST_DMA,
+    NO_SILENT_EVENT_LOSS,
     REQUEST_ATOMICITY,
     S2_AUTHORITY,
     TLB_CONTAINMENT,
@@ -142,6 +144,12 @@ class Monitor:
     def _on_vsmmu(self, kind: str, vsmmu: VSmmu, what: object) -> None:
         if kind == "work":
             self._check_work(vsmmu, what)
+            return
+        if kind == "dropped":  # the design kept it from the guest, telling it nothing
+            record, vsid = what
+            if EVENT.get(record, "ID") in GUEST_EVENTS:
+                self._violate(NO_SILENT_EVENT_LOSS, vsmmu=vsmmu.name, record=record,
+                              vsid=vsid)
             return
         if kind == "command":
             if not command_confined(what, vsmmu.context()):

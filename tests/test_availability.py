@@ -1,4 +1,5 @@
-"""Availability: `bounded-trap-work` (properties/predicates.py `trap_work_bound`).
+"""Availability: `bounded-trap-work` (properties/predicates.py `trap_work_bound`) and
+`no-silent-event-loss` (an event about a guest's stream that a design keeps from it).
 
 Work is what the model counts per slice (one trapped register write, or one
 continuation): guest commands consumed, vSTEs read, physical STEs written,
@@ -17,7 +18,7 @@ from fuzz.program import parse
 from fuzz.targets import runner_for
 from properties.monitor import Monitor
 from properties.predicates import trap_work_bound
-from properties.violations import BOUNDED_TRAP_WORK, Violation
+from properties.violations import BOUNDED_TRAP_WORK, NO_SILENT_EVENT_LOSS, Violation
 from vsmmu.guests.guest import GuestKernel
 from vsmmu.hyp.hypervisor import Hypervisor
 from vsmmu.platform import default_platform
@@ -71,3 +72,25 @@ def test_one_register_write_witness():
     assert v is not None and v.invariant == BOUNDED_TRAP_WORK
     assert v.witness["guest commands"] > 64
     assert runner_for("system", z3=False).run(ops).violation is None
+
+
+# ------------------------------------------------------- no-silent-event-loss
+def test_an_event_a_design_keeps_from_the_guest_is_found():
+    ops = parse("s2_unmap guest=0x0 page=0x20\n"  # a page g0's stage-1 walk uses
+                "dma device=0x0 iova=0x10000000 size=0x3 flags=0x0 ssid=0x0")
+    v = runner_for("system", design="xen-v3", z3=False).run(ops).violation
+    assert v is not None and v.invariant == NO_SILENT_EVENT_LOSS
+    record = v.witness["record"]
+    assert record & 0xFF == 0x10 and record >> 103 & 1  # F_TRANSLATION, S2 (bit 103)
+    assert runner_for("system", z3=False).run(ops).violation is None
+
+
+def test_ours_tells_a_flooded_guest_and_the_other_keeps_its_events():
+    hyp, mon, kernels = booted("vsmmu")
+    for _ in range(300):  # more faults than g0's event queue holds
+        hyp.dma("nic0", 0x7000_0000, 4)  # unmapped: a stage-1 F_TRANSLATION each
+        hyp.dma("nic1", 0x7000_0000, 4)  # g1's device, faulting too
+        mon.check()
+    g0 = hyp.guests["g0"].vsmmus["smmu0"]
+    assert g0.read(0x100A8) >> 31  # EVENTQ_PROD.OVFLG: g0 is told events were lost
+    assert kernels["g1"].drivers["smmu0"].events()  # g1 (nic1, smmu0) still gets its own

@@ -88,8 +88,9 @@ class VSmmu(SmmuFrontend):
         self._unsynced = False  # forwarded commands not yet followed by a physical SYNC
         # Watchers of what crosses the trust boundary (the invariant monitor):
         # ("command", physical command word) and ("event", (guest record, physical
-        # record, vSID, fetch IPA)), each before it takes effect; ("work", counts)
-        # after each slice of work.
+        # record, vSID, fetch IPA)), each before it takes effect; ("dropped",
+        # (physical record, vSID)) for one the design keeps from the guest; ("work",
+        # counts) after each slice of work.
         self.observers: list[Callable[[str, VSmmu, object], None]] = []
         super().__init__(guest_features(phys.smmu.feat, ipa_bits, design),
                          f"{guest.name}/{phys.name}")
@@ -255,6 +256,7 @@ class VSmmu(SmmuFrontend):
         fetch_ipa = (self.guest.ipa_of(fetch) if fetch is not None else None) or 0
         ok, out = guest_event(record, vsid, fetch_ipa, self.design)
         if not ok:
+            self._notify("dropped", (record, vsid))
             return False
         if EVENT.get(record, "ID") == Event.C_BAD_STE and vsid in self.pending:
             # The guest's own table was the problem: report that (its address is an IPA).
