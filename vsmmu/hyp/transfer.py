@@ -15,7 +15,7 @@ very same code on Z3 bit-vectors and quantify over every guest input:
 
 The per-opcode and per-event rules are tables, so what the guest may do is
 data a reviewer can read in one screen.  A `Design` gathers those tables and
-the few other choices a vSMMU design makes (invalid vSTEs, event merging, the
+the few other choices a vSMMU design makes (event merging, ATS, the
 commands one trap consumes); `REFERENCE` is this project's hardened design,
 and designs/ holds profiles of the published ones, each run by the same
 functions here (mechanism) on its own tables (policy).
@@ -56,9 +56,9 @@ GUEST_CONFIGS = frozenset({Config.ABORT, 0b001, 0b010, 0b011, Config.BYPASS, Con
 
 
 def vste_to_pste(vste: Any, host: HostStream) -> Any:
-    """The physical STE for a guest vSTE.  An invalid vSTE gives the design's
-    `invalid_vste`: for ours 0 (V=0), for which the SMMU raises C_BAD_STE, which
-    the vSMMU forwards to the guest with the vSID."""
+    """The physical STE for a guest vSTE under the host's design.  An invalid vSTE
+    gives 0 (V=0): the SMMU raises C_BAD_STE for it, which the vSMMU forwards to
+    the guest with the vSID (where the design forwards C_BAD_STE)."""
     design = host.design
     config = STE.get(vste, "CONFIG")
     eats = STE.get(vste, "EATS")
@@ -92,7 +92,7 @@ def vste_to_pste(vste: Any, host: HostStream) -> Any:
     s2_only = bv.any_of(config == Config.BYPASS, config == Config.S2_TRANS)
     out = bv.ite(config == Config.S1_TRANS, nested,
                  bv.ite(s2_only, host.s2_ste, ABORT_STE, 512), 512)
-    return bv.ite(valid, out, design.invalid_vste, 512)
+    return bv.ite(valid, out, 0, 512)
 
 
 # -------------------------------------------------------------- commands
@@ -201,7 +201,6 @@ class Design:
 
     name: str
     vste_fields: tuple[str, ...] = VSTE_GUEST_FIELDS  # guest STE fields that reach hardware
-    invalid_vste: int = 0  # the physical STE of a rejected vSTE: 0 (V=0) or ABORT_STE
     merge_events: bool = True  # STE.MEV on the guest's nested STEs
     commands: Mapping[Op, Rule] = field(default_factory=lambda: GUEST_COMMANDS)
     otherwise: Rule = always(Action.ILL)  # an opcode without a rule
