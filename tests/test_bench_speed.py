@@ -26,7 +26,8 @@ def positive(x) -> bool:
 
 def test_shape(result):
     assert list(result) == ["harness", "translate", "z3_state_check", "proofs",
-                            "monitor_step", "machine", "reset", "jobs"]
+                            "monitor_step", "machine", "design", "reset", "jobs"]
+    assert result["design"] == "vsmmu"
     assert json.loads(json.dumps(result)) == result
 
     assert [(r["target"], r["mode"]) for r in result["harness"]] == [
@@ -96,7 +97,7 @@ def test_format_text_with_libfuzzer_figures(result):
 
 
 def test_main_json_is_clean_stdout(monkeypatch, capsys, result):
-    monkeypatch.setattr(bench_speed, "measure", lambda *, quick, progress: (
+    monkeypatch.setattr(bench_speed, "measure", lambda *, quick, progress, design: (
         progress("something"), result)[1])
     parser = argparse.ArgumentParser()
     bench_speed.add_arguments(parser)
@@ -123,3 +124,18 @@ def test_soak_reads_the_corpus_and_puts_first_and_last_minute_side_by_side(tmp_p
     assert "execs/s 40 -> 20 (x0.50), RSS 100 -> 150 MiB (x1.50)" in text
     assert "mean ops per input 20 -> 40" in text
     assert soak._tree_rss_kib(os.getpid()) > 0
+
+
+def test_harness_rows_on_another_design(monkeypatch):
+    seen = []
+    real = bench_speed.execs.make_runner
+
+    def spy(target, settings):
+        seen.append(settings.design)
+        return real(target, settings)
+
+    monkeypatch.setattr(bench_speed.execs, "make_runner", spy)
+    result = bench_speed.execs.measure(("system",), inputs=4, repeat=1, instrumented=False,
+                                       design="xen-v3")
+    assert seen and set(seen) == {"xen-v3"}
+    assert len(result) == 3 and all(r["plain_execs_per_s"] > 0 for r in result)

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from ..campaign import HARNESSES
@@ -42,8 +43,8 @@ MODES = {"off": Settings(monitor=False, z3=False), "concrete": Settings(z3=False
          "concrete+z3": Settings()}
 
 
-def corpus(target: str, n: int, seed: int = 0) -> list[bytes]:
-    runner = make_runner(target, MODES["off"])
+def corpus(target: str, n: int, seed: int = 0, design: str | None = None) -> list[bytes]:
+    runner = make_runner(target, replace(MODES["off"], design=design))
     m = Mutator(runner_hints(runner), BIASES[target])
     rng, out, data = random.Random(seed), [], b""
     for i in range(n):
@@ -90,15 +91,18 @@ SCALE = {"smmu": 5}
 
 def measure(targets: Iterable[str] = TARGETS, inputs: int = 200, repeat: int = 3,
             instrumented: bool = HAVE_ATHERIS,
-            progress: Callable[[str], None] | None = None) -> list[dict]:
+            progress: Callable[[str], None] | None = None,
+            design: str | None = None) -> list[dict]:
     """One row per target x mode: {"target", "mode", "execs_per_s" (libFuzzer; None
-    when not `instrumented`), "plain_execs_per_s"}, best of `repeat` runs each.
-    `progress(text)`, if given, is told what is about to be measured."""
+    when not `instrumented`), "plain_execs_per_s"}, best of `repeat` runs each, on
+    `design` (vsmmu/hyp/designs/; None: the platform's).  `progress(text)`, if
+    given, is told what is about to be measured."""
     rows = []
     for target in targets:
         n = inputs * SCALE.get(target, 1)
-        corpus_ = corpus(target, n)
+        corpus_ = corpus(target, n, design=design)
         for mode, settings in MODES.items():
+            settings = replace(settings, design=design)
             if progress:
                 progress(f"harness {target} {mode}: {n} inputs x {repeat}")
             fuzzed = libfuzzer(target, settings, corpus_, repeat) if instrumented else None

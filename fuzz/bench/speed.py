@@ -20,6 +20,7 @@ Timings depend on the machine; the ratios within one run are what to compare.
      "proofs": [{"property", "subject", "result", "ms"}],
      "monitor_step": [{"mode", "us", "ratio"}],
      "machine": {"python", "cpus"},
+     "design": the vSMMU design the harness rows ran (`--design`, default ours),
      "reset": [{"target", "objects", "memory_us", "deepcopy_us", "restore_us", "ratio"}],
      "jobs": {"target", "seconds", "one_job", "two_jobs", "ratio"} or null}
 
@@ -28,7 +29,8 @@ Timings depend on the machine; the ratios within one run are what to compare.
 `jobs` is null then too.
 Progress lines go to stderr.
 
-Run: `vsmmu bench speed [--json] [--quick]`, or `python -m fuzz.bench.speed`.
+Run: `vsmmu bench speed [--json] [--quick] [--design NAME]`, or `python -m
+fuzz.bench.speed`.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ import sys
 from collections.abc import Callable, Iterable
 
 from properties.proofs import prove_all
+from vsmmu.platform import DEFAULT_DESIGN
 
+from .. import options
 from ..targets import TARGETS
 from . import checks, execs, jobs, reset, translate
 
@@ -65,7 +69,7 @@ def _sig(x: float) -> float:
 
 
 def measure(*, quick: bool = False, targets: Iterable[str] = TARGETS,
-            progress: Callable[[str], None] | None = None) -> dict:
+            progress: Callable[[str], None] | None = None, design: str | None = None) -> dict:
     """Run every benchmark once; a JSON-able dict (shape: the module docstring)."""
     size = QUICK if quick else FULL
     say = progress or (lambda text: None)
@@ -73,7 +77,7 @@ def measure(*, quick: bool = False, targets: Iterable[str] = TARGETS,
     targets = tuple(targets)
     harness = execs.measure(
         targets, size["inputs"], size["repeat"],
-        instrumented=execs.HAVE_ATHERIS and not quick, progress=say)
+        instrumented=execs.HAVE_ATHERIS and not quick, progress=say, design=design)
     for row in harness:
         row["plain_execs_per_s"] = _sig(row["plain_execs_per_s"])
         if row["execs_per_s"] is not None:
@@ -119,7 +123,7 @@ def measure(*, quick: bool = False, targets: Iterable[str] = TARGETS,
     return {"harness": harness, "translate": translations, "z3_state_check": z3_state,
             "proofs": proofs, "monitor_step": monitor,
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count() or 1},
-            "reset": resets, "jobs": scaling}
+            "design": design or DEFAULT_DESIGN, "reset": resets, "jobs": scaling}
 
 
 def table(title: str, header: list[str], rows: list[list[str]], left: int = 1) -> str:
@@ -148,8 +152,9 @@ def _times(x: float | None) -> str:
 def format_text(result: dict) -> str:
     """One aligned table per section of `measure`'s result, ratios beside the figures."""
     m = result["machine"]
-    out = [f"vsmmu bench speed: Python {m['python']}, {m['cpus']} CPUs "
-           "(timings vary by machine; compare the ratios)"]
+    out = [f"vsmmu bench speed: Python {m['python']}, {m['cpus']} CPUs, design "
+           f"{result.get('design', DEFAULT_DESIGN)} (timings vary by machine; compare the "
+           "ratios)"]
 
     by_target: dict[str, dict[str, dict]] = {}
     for row in result["harness"]:
@@ -223,11 +228,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and no libFuzzer run: a smoke test, the figures "
                         "are noise")
+    options.add_design(parser)  # the harness rows; the rest do not depend on it
 
 
 def main(args: argparse.Namespace) -> int:
     """`vsmmu bench speed`: print the tables (or JSON); 0."""
-    result = measure(quick=args.quick,
+    result = measure(quick=args.quick, design=args.design,
                      progress=lambda text: print(f"measuring {text}", file=sys.stderr,
                                                  flush=True))
     print(json.dumps(result, indent=2) if args.json else format_text(result))
