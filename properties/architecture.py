@@ -125,10 +125,15 @@ def check_rings(smmu: Smmu, before: dict[str, Ring | int | None],
 
 
 def illegal_command(word: int) -> bool:
-    """Commands every SMMUv3 rejects with CERROR_ILL: an undefined opcode, or
-    CMD_SYNC with the reserved CS=0b11."""
+    """Commands every SMMUv3 rejects with CERROR_ILL: an undefined opcode, CMD_SYNC
+    with the reserved CS=0b11, or SSec=1 on the Non-secure queue ("ILLEGAL,
+    regardless of whether Secure state is supported", IHI 0070 §4.1.6)."""
     op = word & 0xFF
-    return op not in COMMANDS or (op == Op.SYNC and COMMANDS[Op.SYNC].get(word, "CS") == 0b11)
+    if op not in COMMANDS:
+        return True
+    layout = COMMANDS[op]
+    return (op == Op.SYNC and layout.get(word, "CS") == 0b11) or (
+        "SSEC" in layout and layout.get(word, "SSEC") == 1)
 
 # Commands with no parameter an SMMU may call ILLEGAL (IHI 0070 §4.1.3), by the
 # IDR0 feature they need (None: every SMMU): well formed, that is with SSec=0

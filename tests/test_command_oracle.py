@@ -15,7 +15,8 @@ import pytest
 from fuzz.physical import PhysicalRunner
 from fuzz.program import parse
 from fuzz.runner import Runner, boot
-from properties.architecture import must_accept
+from fuzz.targets import runner_for
+from properties.architecture import illegal_command, must_accept
 from properties.violations import QUEUE_PROTOCOL
 from vsmmu.hyp import virtual
 from vsmmu.hyp.transfer import Action
@@ -82,3 +83,23 @@ def test_a_vsmmu_that_consumes_an_illegal_command_is_caught(monkeypatch):
 def test_without_the_monitor_nothing_is_checked(monkeypatch):
     _rejects_hints(monkeypatch)
     assert Runner(monitor=False).run(parse(_cmd(WELL_FORMED["PREFETCH_CONFIG"]))).ok
+
+
+@pytest.mark.parametrize(("word", "illegal"), [
+    (0x403, True),  # CFGI_STE, SSec=1 (bit 10): ILLEGAL on the Non-secure queue (§4.1.6)
+    (0x401, True),  # PREFETCH_CONFIG, SSec=1
+    (0x003, False),  # CFGI_STE, SSec=0
+    (0x3046, True),  # CMD_SYNC, CS=0b11
+    (0x0046, False),
+    (UNDEFINED, True), (0x00, True),  # Reserved opcodes (§4.1.1)
+])
+def test_what_every_smmu_must_reject(word, illegal):
+    assert illegal_command(word) is illegal
+
+
+def test_a_design_that_performs_a_secure_stream_command_is_caught():
+    """xen-v3 does not look at SSec: its PREFETCH_CONFIG no-op consumes the command."""
+    ops = parse(_cmd(0x401))
+    v = runner_for("system", design="xen-v3", z3=False).run(ops).violation
+    assert v is not None and v.invariant == QUEUE_PROTOCOL
+    assert Runner().run(ops).violation is None
