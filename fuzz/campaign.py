@@ -138,11 +138,9 @@ def _artifact_kind(name: str) -> str | None:
 class Classifier:
     """Replays artifacts in-process and writes their sidecars."""
 
-    def __init__(self, options: CampaignOptions, settings: Settings):
-        self.options, self.settings = options, settings
+    def __init__(self, options: CampaignOptions, settings: Settings, design: str):
+        self.options, self.settings, self.design = options, settings, design
         self._runner = None
-        platform = platform_for(options.target, options.platform, options.design)
-        self.design = platform.design if platform else DEFAULT_DESIGN
 
     def runner(self):
         if self._runner is None:
@@ -243,9 +241,10 @@ class Campaign:
             if not flag.startswith("-"):
                 raise CampaignError(f"libFuzzer flags after -- look like -name=value, got "
                                     f"{flag[:60]!r}")
+        self.design = DEFAULT_DESIGN  # what the findings record
         if o.platform or o.design:
             try:  # before any worker starts: one line, not a harness failing N times
-                platform_for(o.target, o.platform, o.design)
+                self.design = platform_for(o.target, o.platform, o.design).design
             except PlatformError as e:
                 raise CampaignError(str(e)) from None
         self.script = HARNESSES / f"{o.target}_fuzzer.py"
@@ -329,7 +328,7 @@ class Campaign:
         errors: list[str] = []
         with _stop_signals(self._signalled), planted(self.o.plant), \
                 tempfile.TemporaryDirectory(prefix="vsmmu-fuzz-") as tmp:
-            self.classifier = Classifier(self.o, settings)
+            self.classifier = Classifier(self.o, settings, self.design)
             self.known_path = Path(tmp) / "known-signatures"
             self.start = None
             start, wall_start = time.monotonic(), time.time()

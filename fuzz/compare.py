@@ -138,12 +138,18 @@ def _first_findings(results: list[tuple[int, Any]]) -> dict[str, tuple[int, Find
     return first
 
 
-def _witness(f: Finding, design: str, target: str, platform: str | None, out: Path,
-             budget: float) -> tuple[str, str, str, str]:
-    """(program text, file, check line, one-line explanation) of a finding, minimized."""
+def _check_line(design: str, target: str, platform: str | None, path: Path) -> str:
+    """The command that replays a witness."""
+    return shlex.join(["vsmmu", "check", "--design", design, "--target", target,
+                       *(["--platform", platform] if platform else []), str(path)])
+
+
+def _witness(f: Finding, runner, design: str, out: Path,
+             budget: float) -> tuple[str, Path, str]:
+    """(program text, file, one-line explanation) of a finding, minimized on
+    `runner` (the design's)."""
     with open(f.artifact, "rb") as fh:
         ops = decode(fh.read(MAX_BYTES))
-    runner = make_runner(target, Settings(platform=platform, design=design))
     explanation = f.signature
     try:
         small = minimize(runner, ops, f.signature, budget=budget)
@@ -154,9 +160,7 @@ def _witness(f: Finding, design: str, target: str, platform: str | None, out: Pa
     path = out / design / f"{f.invariant}.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# {design}: {f.signature}\n# {explanation}\n{text}")
-    check = shlex.join(["vsmmu", "check", "--design", design, "--target", target,
-                        *(["--platform", platform] if platform else []), str(path)])
-    return text, str(path), check, explanation
+    return text, path, explanation
 
 
 def _explain(f: Finding) -> str:
@@ -190,6 +194,7 @@ def compare(designs: list[str], *, target: str = "system", budget: float = 60.0,
             spent = sum(r.seconds for _, r in runs)
             first = _first_findings(runs)
             kept = _kept_witnesses(design, target, platform)
+            minimizing = None  # the design's runner, booted for the first finding
             for invariant in JUDGED:
                 cell = Cell(design, invariant, execs=execs, seconds=spent,
                             explanation=f"held in {execs} executions")
@@ -199,18 +204,18 @@ def compare(designs: list[str], *, target: str = "system", budget: float = 60.0,
                 if invariant in first:
                     seed, f = first[invariant]
                     progress(f"{design}: minimizing {f.signature}")
+                    minimizing = minimizing or make_runner(
+                        target, Settings(platform=platform, design=design))
                     cell.result, cell.seed, cell.found_after = "violated", seed, f.found_after
-                    cell.witness, cell.witness_file, cell.check, cell.explanation = _witness(
-                        f, design, target, platform, out, minimize_budget)
+                    cell.witness, path, cell.explanation = _witness(
+                        f, minimizing, design, out, minimize_budget)
                     cell.source = "campaign"
                 elif invariant in kept:
                     path, v = kept[invariant]
-                    cell.result, cell.source, cell.witness_file = "violated", "witness", str(path)
+                    cell.result, cell.source = "violated", "witness"
                     cell.witness = "".join(line for line in path.read_text().splitlines(True)
                                            if not line.startswith("#"))
                     cell.explanation = f"kept witness: {v}"[:300]
-                    cell.check = shlex.join(["vsmmu", "check", "--design", design, "--target",
-                                             target, str(path)])
                 elif proof:
                     cell.result, why = proof
                     if cell.result == "violated":
@@ -219,6 +224,9 @@ def compare(designs: list[str], *, target: str = "system", budget: float = 60.0,
                     elif cell.result == "proved":
                         cell.explanation = f"proved for all guest inputs; held in {execs} " \
                                            "executions"
+                if cell.source in ("campaign", "witness"):  # a program replays it
+                    cell.witness_file = str(path)
+                    cell.check = _check_line(design, target, platform, path)
                 comparison.cells.append(cell)
     return comparison
 

@@ -310,10 +310,10 @@ class Platform:
     design: str = DEFAULT_DESIGN
 
     def __post_init__(self):
-        if not isinstance(self.design, str) or not _NAME_RE.fullmatch(self.design):
-            raise PlatformError(f"design must be a name, got {_q(self.design)}"
-                                if isinstance(self.design, str) else
-                                f"design must be a string, got {_type(self.design)}")
+        if not isinstance(self.design, str):
+            raise PlatformError(f"design must be a string, got {_type(self.design)}")
+        if not _NAME_RE.fullmatch(self.design):
+            raise PlatformError(f"design must be a name, got {_q(self.design)}")
         smmus = _as_specs("smmus", self.smmus, SmmuSpec, MAX_SMMUS)
         guests = _as_specs("guests", self.guests, GuestSpec, MAX_GUESTS)
         devices = _as_specs("devices", self.devices, DeviceSpec, MAX_DEVICES)

@@ -140,7 +140,7 @@ class VSmmu(SmmuFrontend):
             return (ABORT_STE if abort else self.guest.s2_ste), None
         self._count("vSTEs read")
         try:
-            vste = self._fetch(self._ste_addr(vsid), STE_SIZE, "ste", vsid, Event.F_STE_FETCH)
+            vste = self._read_vste(vsid)
         except FaultError as e:
             return 0, replace(e.fault, sid=vsid)
         ats = self.feat.ats and vsid in self.ats_vsids  # a design may offer no ATS
@@ -149,13 +149,18 @@ class VSmmu(SmmuFrontend):
         pste = vste_to_pste(vste, host)
         return pste, (Fault(Event.C_BAD_STE, sid=vsid) if pste == 0 else None)
 
+    def _read_vste(self, vsid: int) -> int:
+        """The guest's vSTE for `vsid`, from its own stream table (FaultError when the
+        table cannot be read there)."""
+        return self._fetch(self._ste_addr(vsid), STE_SIZE, "ste", vsid, Event.F_STE_FETCH)
+
     def _check_panics(self, vsid: int) -> None:
         """The vSTEs on which the design's hypervisor stops (`Design.crashes`), read as
         its CFGI_STE handler reads them (Xen's: V=0 is skipped before decoding)."""
         if not self.design.crashes:
             return
         try:
-            vste = self._fetch(self._ste_addr(vsid), STE_SIZE, "ste", vsid, Event.F_STE_FETCH)
+            vste = self._read_vste(vsid)
         except FaultError:
             return
         if not STE.get(vste, "V"):
