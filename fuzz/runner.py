@@ -238,9 +238,9 @@ def _vsmmu(system: System, slot: int, smmu: int):
     guest = _guest(system, slot)
     if guest is None:
         return None, None, None
-    name = _at(list(system.hyp.smmus), smmu)
-    vsmmu = system.hyp.guests[guest].vsmmus.get(name)  # None: a virtio-iommu guest
-    return (guest, name, vsmmu) if vsmmu is not None else (None, None, None)
+    vsmmus = system.hyp.guests[guest].vsmmus  # none: a virtio-iommu guest
+    name = _at(list(vsmmus), smmu)  # one per physical SMMU, or one for all (a design's)
+    return (guest, name, vsmmus[name]) if name is not None else (None, None, None)
 
 
 def _device(system: System, index: int) -> str:

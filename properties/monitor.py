@@ -151,10 +151,11 @@ class Monitor:
                 self._violate(NO_SILENT_EVENT_LOSS, vsmmu=vsmmu.name, record=record,
                               vsid=vsid)
             return
-        if kind == "command":
-            if not command_confined(what, vsmmu.context()):
-                self._violate(CMD_CONFINEMENT, vsmmu=vsmmu.name, command=what,
-                              vmid=vsmmu.guest.vmid)
+        if kind == "command":  # confined to the guest's streams on the SMMU it goes to
+            command, smmu = what
+            if not command_confined(command, vsmmu.context(smmu)):
+                self._violate(CMD_CONFINEMENT, vsmmu=vsmmu.name, command=command,
+                              smmu=smmu, vmid=vsmmu.guest.vmid)
             return
         out, record, vsid, fetch_ipa = what
         # A failed fetch is reported at the guest address that failed: inside the

@@ -108,14 +108,43 @@ def _hyp(design: str) -> Hypervisor:
 @pytest.mark.parametrize(("design", "consumed"), [("vsmmu", 64), ("xen-v3", 100)])
 def test_commands_consumed_in_one_trap(design, consumed):
     kernel = GuestKernel(_hyp(design), "g0")
-    drv = kernel.drivers["smmu0"]
+    drv = next(iter(kernel.drivers.values()))
     before = drv._cons()
     drv.submit(*[0x01] * 100)  # PREFETCH_CONFIG, SID 0: one PROD write
     assert (drv._cons() - before) % (1 << 20) == consumed
 
 
+def test_xen_v3_gives_a_domu_one_vsmmu_for_both_smmus():
+    hyp = _hyp("xen-v3")
+    kernel = GuestKernel(hyp, "g0")
+    [vsmmu] = hyp.guests["g0"].vsmmus.values()
+    # vSIDs first-free in device order (21/23): nic0, disk0 on smmu0, nvme0 on smmu1
+    assert {v: (vsmmu.homes[v].name, p) for v, p in vsmmu.vsids.items()} == {
+        0: ("smmu0", 0x10), 1: ("smmu0", 0x13), 2: ("smmu1", 0x20)}
+    sent = []
+    for name, phys in hyp.smmus.items():
+        def capture(*cmds, name=name, submit=phys.drv.submit):
+            sent.extend((name, c) for c in cmds)
+            submit(*cmds)
+        phys.drv.submit = capture
+    drv = kernel.drivers["vsmmu"]
+    drv.submit(0x11 | 1 << 48)  # TLBI_NH_ASID ASID=1: widened, for every SMMU served
+    vmid = hyp.guests["g0"].vmid
+    assert sent == [("smmu0", 0x28 | vmid << 32), ("smmu1", 0x28 | vmid << 32)]
+    drv.sync()
+    sent.clear()
+    drv.write_ste(2, 0x1 | 0b100 << 1)  # vSID 2, V=1 Config=bypass: nvme0's STE only
+    assert sent and {n for n, _ in sent} == {"smmu1"}
+    assert {c >> 32 & 0xFFFF_FFFF for _, c in sent if c & 0xFF == 0x03} == {0x20}
+    # A command is confined to the guest's streams on the SMMU it goes to: CFGI_CD of
+    # pSID 0x20 (opcode 0x05, SID 63:32) is nvme0's on smmu1, on smmu0 nobody's of g0.
+    cfgi_cd = 0x05 | 0x20 << 32
+    assert command_confined(cfgi_cd, vsmmu.context("smmu1"))
+    assert not command_confined(cfgi_cd, vsmmu.context("smmu0"))
+
+
 def test_xen_v3_advertises_no_ssids_ats_or_msis():
-    vsmmu = _hyp("xen-v3").guests["g0"].vsmmus["smmu0"]
+    vsmmu = _hyp("xen-v3").guests["g0"].vsmmus["vsmmu"]
     assert (vsmmu.feat.ssidsize, vsmmu.feat.ats, vsmmu.feat.msi) == (0, False, False)
     # IDR0 bit 13 (MSI) and bit 10 (ATS) clear, IDR1.SSIDSIZE (10:6) 0
     assert not vsmmu.read(0x0) & (1 << 13 | 1 << 10) and not vsmmu.read(0x4) >> 6 & 0x1F

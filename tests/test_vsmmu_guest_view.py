@@ -100,7 +100,7 @@ def shared():
 def detached(shared) -> VSmmu:
     """A vSMMU straight out of reset with no stream attached: its register file can be
     exercised without any physical effect."""
-    return VSmmu(shared.guest("g0"), shared.hyp.smmus["smmu0"], 40)
+    return VSmmu(shared.guest("g0"), [shared.hyp.smmus["smmu0"]], 40)
 
 
 # ================================================================ registers
@@ -170,7 +170,7 @@ def test_register_table_covers_every_register():
 @pytest.mark.parametrize("name", list(REGISTER_TABLE))
 def test_register_reset_value_and_writable_bits(shared, name):
     offset, size, reset, after = REGISTER_TABLE[name]
-    v = VSmmu(shared.guest("g0"), shared.hyp.smmus["smmu0"], 40)
+    v = VSmmu(shared.guest("g0"), [shared.hyp.smmus["smmu0"]], 40)
     assert v.read(offset, size) == reset
     shared.take_cmds()
     v.write(offset, (1 << 8 * size) - 1, size)

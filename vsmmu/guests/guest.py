@@ -46,11 +46,11 @@ class GuestKernel:
 
     # ------------------------------------------------------------ devices
     def vsid(self, device: str) -> tuple[str, int]:
-        """(SMMU name, vSID) of a device assigned to this guest."""
+        """(its vSMMU's key in `drivers`, vSID) of a device assigned to this guest."""
         owner, vsid = self.hyp.assigned[device]
         if owner != self.name:
             raise ValueError(f"device {device!r} is not assigned to {self.name!r}")
-        return self.hyp.devices[device].smmu, vsid
+        return self.guest.vsmmu_for(self.hyp.devices[device].smmu).key, vsid
 
     def domain(self, *, granule: int = PAGE_SIZE, tsz: int = 64 - IPA_BITS) -> Domain:
         table = PageTable(self.guest.view, self.alloc, stage=1, granule=granule, tsz=tsz)

@@ -1,5 +1,5 @@
-"""The hypervisor: guests, their stage 2, device assignment, and one vSMMU per
-(guest, physical SMMU).
+"""The hypervisor: guests, their stage 2, device assignment, and their vSMMUs (one
+per physical SMMU, or one for all of them: the design's placement).
 
 It owns everything a guest must not: physical memory allocation and its
 ownership map, VMIDs, stage-2 tables, the physical stream tables and command
@@ -13,7 +13,7 @@ by the invalidation that removes it before the page or device is reused:
 * guest destruction: all of the above, then TLBI_S12_VMALL; the VMID is
   retired only after that completes on every SMMU.
 
-A guest gets either one vSMMU per physical SMMU or, with `viommu = "virtio"`,
+A guest gets either vSMMUs or, with `viommu = "virtio"`,
 one virtio-iommu device for all its endpoints (vsmmu/hyp/virtio_iommu.py), whose
 mappings vsmmu/hyp/virtio_backend.py composes with the guest's stage 2 into
 tables the hypervisor owns; a page taken from the guest leaves those first.
@@ -79,10 +79,14 @@ def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 @dataclass
 class Guest(GuestMemory):
-    """A guest with its virtual IOMMUs: one vSMMU per physical SMMU, or a virtio-iommu."""
+    """A guest with its virtual IOMMUs: vSMMUs, or a virtio-iommu."""
 
-    vsmmus: dict[str, VSmmu] = field(default_factory=dict)
+    vsmmus: dict[str, VSmmu] = field(default_factory=dict)  # by VSmmu.key
     viommu: VirtioIommu | None = None  # instead of vSMMUs
+
+    def vsmmu_for(self, smmu: str) -> VSmmu | None:
+        """The vSMMU that serves a physical SMMU (None: a guest without vSMMUs)."""
+        return next((v for v in self.vsmmus.values() if smmu in v.smmus), None)
 
     def stage2s(self) -> list[tuple[PageTable, int, int]]:
         """(table, VMID, stage-2 STE) of each stage 2 that translates for this guest:
@@ -141,9 +145,11 @@ class Hypervisor:
             self.create_guest(g)
         for d in self.platform.devices:
             if d.guest is not None:
-                # A virtio-iommu's endpoint IDs span SMMUs: numbered in assignment order.
-                virtio = self.guests[d.guest].viommu is not None
-                self.assign(d.name, d.guest, None if virtio else d.vsid)
+                # A virtio-iommu's endpoint IDs, and the vSIDs of a vSMMU for all
+                # SMMUs, span SMMUs: numbered in assignment order.
+                spanning = (self.guests[d.guest].viommu is not None
+                            or self.design.placement == "single")
+                self.assign(d.name, d.guest, None if spanning else d.vsid)
 
     # ------------------------------------------------------------ memory
     def _page(self, owner) -> int:
@@ -190,8 +196,12 @@ class Hypervisor:
             return guest
         if self.design.topology == "host" and spec.name != self.platform.guests[0].name:
             return guest  # a protected VM: no SMMU interface at all
+        if self.design.placement == "single":
+            vsmmu = VSmmu(guest, list(self.smmus.values()), IPA_BITS, self.design, "vsmmu")
+            guest.vsmmus[vsmmu.key] = vsmmu
+            return guest
         for name, phys in self.smmus.items():
-            guest.vsmmus[name] = VSmmu(guest, phys, IPA_BITS, self.design)
+            guest.vsmmus[name] = VSmmu(guest, [phys], IPA_BITS, self.design)
         return guest
 
     def take_vmid(self) -> int:
@@ -282,9 +292,9 @@ class Hypervisor:
             for start, length in ranges:
                 phys.drv.tlbi_s2_ipa(start, length, vmid=guest.vmid)
             phys.drv.tlbi_nh_all(guest.vmid)  # combined stage-1+2 entries too
+            vsmmu = guest.vsmmu_for(phys.name)
             for psid, (owner, vsid) in phys.owners.items():
-                if (owner == guest.name and phys.name in guest.vsmmus
-                        and vsid in guest.vsmmus[phys.name].ats_vsids):
+                if owner == guest.name and vsmmu is not None and vsid in vsmmu.ats_vsids:
                     phys.drv.submit(cmd(Op.ATC_INV, SID=psid, GLOBAL=1, SIZE=52))
             phys.drv.sync()
 
@@ -309,7 +319,7 @@ class Hypervisor:
             return vsid
         if not self.takes_devices(guest_name):
             raise ValueError(f"{guest_name} has no IOMMU interface to take {device!r} on")
-        vsmmu = guest.vsmmus[spec.smmu]
+        vsmmu = guest.vsmmu_for(spec.smmu)
         if vsid is None and self.design.topology == "host":
             vsid = spec.sid  # the host drives physical StreamIDs
         if vsid is None:
@@ -318,7 +328,7 @@ class Hypervisor:
             raise ValueError(f"vSID {vsid:#x} is taken on {vsmmu.name}")
         self.smmus[spec.smmu].owners[spec.sid] = (guest_name, vsid)
         self.assigned[device] = (guest_name, vsid)
-        vsmmu.attach(vsid, spec.sid, ats=spec.ats)
+        vsmmu.attach(vsid, self.smmus[spec.smmu], spec.sid, ats=spec.ats)
         return vsid
 
     def takes_devices(self, guest_name: str) -> bool:
@@ -337,7 +347,7 @@ class Hypervisor:
         if guest.viommu is not None:
             guest.viommu.remove_endpoint(vsid)
         else:
-            guest.vsmmus[spec.smmu].detach(vsid)
+            guest.vsmmu_for(spec.smmu).detach(vsid)
         del phys.owners[spec.sid]
         phys.drv.write_ste(spec.sid, ste_abort())
         if spec.ats:
@@ -364,7 +374,7 @@ class Hypervisor:
                 guest_name, vsid = owner
                 guest = self.guests[guest_name]
                 if guest.viommu is None:
-                    guest.vsmmus[phys.name].forward(fault.encode(), vsid)
+                    guest.vsmmu_for(phys.name).forward(fault.encode(), vsid)
                     continue
                 # What virtio-iommu can say: the endpoint, the IOVA, why (never a PA).
                 reason = (FaultReason.DOMAIN if fault.event.name in _DOMAIN_FAULTS

@@ -215,9 +215,12 @@ class Design:
     full_ats: bool = False  # the guest's EATS reaches hardware unchanged
     s2_config: bool = False  # a vSTE Config=S2 is accepted (as the hypervisor's stage 2)
     abort_when_disabled: bool = False  # the vSMMU's SMMUEN=0 aborts whatever its GBPA says
-    # "guests": every guest a vSMMU per physical SMMU; "host": one untrusted host owns
-    # every device, at vSID == pSID, and the other guests none (pKVM's world).
+    # "guests": every guest has vSMMUs; "host": one untrusted host owns every device,
+    # at vSID == pSID, and the other guests none (pKVM's world).
     topology: str = "guests"
+    # "per-smmu": a guest's vSMMU per physical SMMU; "single": one vSMMU for all of
+    # them, its vSIDs given first-free in assignment order (Xen's domU).
+    placement: str = "per-smmu"
 
     @cached_property
     def s1_half(self) -> int:

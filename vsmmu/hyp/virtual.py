@@ -1,7 +1,11 @@
-"""The virtual SMMUv3 a guest sees for one physical SMMU (trap and emulate).
+"""The virtual SMMUv3 a guest sees (trap and emulate).
 
-One `VSmmu` per (guest, physical SMMU): the N:N model, so StreamIDs of
-different physical SMMUs never meet in one table.  It is an `SmmuFrontend` —
+Where it sits is the design's `placement`: ours is one `VSmmu` per (guest,
+physical SMMU), the N:N model, so StreamIDs of different physical SMMUs never
+meet in one table; a "single" design gives each guest one `VSmmu` for all
+physical SMMUs, whose vSID table names each stream's SMMU and pSID (Xen's domU
+vSMMU).  Either way it serves a set of physical SMMUs (`smmus`).  It is an
+`SmmuFrontend` —
 the same register file, queues and stream-table lookup as the hardware —
 whose memory is the guest's IPA space.  What it does with guest input is
 decided by the transfer functions (transfer.py); this class only moves data:
@@ -11,8 +15,9 @@ decided by the transfer functions (transfer.py); this class only moves data:
   a physical STE written with the driver's hitless sequence;
 * guest commands are consumed on a PROD write, at most the design's
   `cmdq_budget` per trap (ours: a guest cannot pin the hypervisor, Xen design
-  risk 7); forwarded ones go to the physical queue, and the guest's CMD_SYNC
-  completes only after a physical CMD_SYNC has;
+  risk 7); forwarded ones go to the physical queue of the stream they name,
+  or of every SMMU served when they name none, and the guest's CMD_SYNC
+  completes only after a physical CMD_SYNC has on each;
 * physical events of the guest's streams come back through `forward`.
 
 Each slice of hypervisor work a guest causes — one trapped register write, or
@@ -28,7 +33,7 @@ event the guest's own table deserved (F_STE_FETCH, C_BAD_STREAMID, C_BAD_STE).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from ..arch.faults import Fault, FaultError
@@ -50,16 +55,24 @@ from .transfer import (
 )
 
 
-def guest_features(phys: Features, ipa_bits: int, design: Design = REFERENCE) -> Features:
+def guest_features(physs: Sequence[Features], ipa_bits: int,
+                   design: Design = REFERENCE) -> Features:
     """What a vSMMU advertises: stage 1 only (the hypervisor owns stage 2), the
-    guest's IPA size as its output size, 16-bit vSIDs, and the physical SMMU's
-    stage-1 capabilities (granules, SSIDs, 2-level CD tables, RIL, ATS, HAD), less
-    what the design does not offer."""
+    guest's IPA size as its output size, 16-bit vSIDs, and the stage-1
+    capabilities (granules, SSIDs, 2-level CD tables, RIL, ATS, HAD) every
+    physical SMMU it serves has, less what the design does not offer."""
+    def every(name: str) -> bool:
+        return all(getattr(p, name) for p in physs)
+
+    def least(name: str) -> int:
+        return min(getattr(p, name) for p in physs)
+
+    granules = frozenset.intersection(*(p.granules for p in physs))
     return replace(Features(
-        s1p=True, s2p=False, asid16=phys.asid16, vmid16=False, sidsize=16,
-        ssidsize=phys.ssidsize, oas_bits=ipa_bits, granules=phys.granules, st_2lvl=True,
-        cd_2lvl=phys.cd_2lvl, ril=phys.ril, ats=phys.ats, msi=True, had=phys.had, xnx=False,
-        cmdqs=phys.cmdqs, eventqs=phys.eventqs,
+        s1p=True, s2p=False, asid16=every("asid16"), vmid16=False, sidsize=16,
+        ssidsize=least("ssidsize"), oas_bits=ipa_bits, granules=granules, st_2lvl=True,
+        cd_2lvl=every("cd_2lvl"), ril=every("ril"), ats=every("ats"), msi=True,
+        had=every("had"), xnx=False, cmdqs=least("cmdqs"), eventqs=least("eventqs"),
     ), **design.features)
 
 
@@ -77,23 +90,26 @@ class HypervisorPanic(Exception):
 
 
 class VSmmu(SmmuFrontend):
-    def __init__(self, guest: GuestMemory, phys: PhysicalSmmu, ipa_bits: int,
-                 design: Design = REFERENCE):
-        self.guest, self.phys, self.design = guest, phys, design
+    def __init__(self, guest: GuestMemory, smmus: Sequence[PhysicalSmmu], ipa_bits: int,
+                 design: Design = REFERENCE, key: str | None = None):
+        self.guest, self.design = guest, design
+        self.smmus = {p.name: p for p in smmus}  # the physical SMMUs it serves
+        self.key = key or smmus[0].name  # its name among the guest's vSMMUs
         self.mem = guest.view
-        self.vsids: dict[int, int] = {}  # vSID -> pSID on `phys`
+        self.vsids: dict[int, int] = {}  # vSID -> pSID
+        self.homes: dict[int, PhysicalSmmu] = {}  # vSID -> the physical SMMU of its stream
         self.ats_vsids: set[int] = set()  # devices allowed to use ATS
         self.installed: dict[int, int] = {}  # vSID -> physical STE last written
         self.pending: dict[int, Fault] = {}  # vSID -> the fault a physical C_BAD_STE stands for
-        self._unsynced = False  # forwarded commands not yet followed by a physical SYNC
+        self._unsynced: set[str] = set()  # SMMUs with forwarded commands not yet synced
         # Watchers of what crosses the trust boundary (the invariant monitor):
-        # ("command", physical command word) and ("event", (guest record, physical
-        # record, vSID, fetch IPA)), each before it takes effect; ("dropped",
+        # ("command", (physical command word, SMMU name)) and ("event", (guest record,
+        # physical record, vSID, fetch IPA)), each before it takes effect; ("dropped",
         # (physical record, vSID)) for one the design keeps from the guest; ("work",
         # counts) after each slice of work.
         self.observers: list[Callable[[str, VSmmu, object], None]] = []
-        super().__init__(guest_features(phys.smmu.feat, ipa_bits, design),
-                         f"{guest.name}/{phys.name}")
+        super().__init__(guest_features([p.smmu.feat for p in smmus], ipa_bits, design),
+                         f"{guest.name}/{self.key}")
         # None: whatever the guest has queued, up to its queue's size, in one trap.
         self.cmdq_budget = design.cmdq_budget or 1 << self.feat.cmdqs
         self.work: dict[str, int] = {}
@@ -119,8 +135,8 @@ class VSmmu(SmmuFrontend):
             self.work[unit] += 1
 
     # ------------------------------------------------------------ streams
-    def attach(self, vsid: int, psid: int, ats: bool = False) -> None:
-        self.vsids[vsid] = psid
+    def attach(self, vsid: int, phys: PhysicalSmmu, psid: int, ats: bool = False) -> None:
+        self.vsids[vsid], self.homes[vsid] = psid, phys
         if ats:
             self.ats_vsids.add(vsid)
         self.install(vsid)
@@ -130,6 +146,7 @@ class VSmmu(SmmuFrontend):
         self.installed.pop(vsid, None)
         self.pending.pop(vsid, None)
         self.ats_vsids.discard(vsid)
+        self.homes.pop(vsid)
         return self.vsids.pop(vsid)
 
     def physical_ste(self, vsid: int) -> tuple[int, Fault | None]:
@@ -185,15 +202,14 @@ class VSmmu(SmmuFrontend):
             self.pending.pop(vsid, None)
         else:
             self.pending[vsid] = fault
+        home = self.homes[vsid]
         if self.installed.get(vsid) != pste:
             self._count("physical STEs written")
-            self.phys.drv.write_ste(self.vsids[vsid], pste)
+            home.drv.write_ste(self.vsids[vsid], pste)
             self.installed[vsid] = pste
         elif cfgi:
-            self._count("physical commands")
-            self.phys.drv.submit(COMMANDS[Op.CFGI_STE].encode(OP=Op.CFGI_STE,
-                                                              SID=self.vsids[vsid]))
-            self._unsynced = True
+            self._submit(home, COMMANDS[Op.CFGI_STE].encode(OP=Op.CFGI_STE,
+                                                            SID=self.vsids[vsid]))
 
     def refresh(self) -> None:
         for vsid in list(self.vsids):
@@ -205,18 +221,22 @@ class VSmmu(SmmuFrontend):
         super()._written(name)
 
     # ----------------------------------------------------------- commands
-    def context(self) -> GuestContext:
-        owns_all = all(g == self.guest.name for g, _ in self.phys.owners.values())
-        return GuestContext(self.guest.vmid, self.vsids, self.feat.ats, self.design, owns_all)
+    def context(self, smmu: str | None = None) -> GuestContext:
+        """What the command transfer knows: the guest's streams (on `smmu` only, when
+        given), and whether they are every stream there is (pKVM's host)."""
+        served = [smmu] if smmu is not None else list(self.smmus)
+        vsids = {v: p for v, p in self.vsids.items() if self.homes[v].name in served}
+        owns_all = all(g == self.guest.name for name in served
+                       for g, _ in self.smmus[name].owners.values())
+        return GuestContext(self.guest.vmid, vsids, self.feat.ats, self.design, owns_all)
 
     def execute(self, cmd: int) -> CmdError:
         self._count("guest commands")
         action, out = guest_command(cmd, self.context())
         if action == Action.FORWARD:
-            self._notify("command", out)
-            self._count("physical commands")
-            self.phys.drv.submit(out)
-            self._unsynced = True
+            for phys in self._targets(cmd):
+                self._notify("command", (out, phys.name))
+                self._submit(phys, out)
         elif action == Action.CFGI_STE:
             self._cfgi(COMMANDS[cmd & 0xFF].decode(cmd))
         elif action == Action.SYNC:
@@ -228,6 +248,21 @@ class VSmmu(SmmuFrontend):
         elif action == Action.PANIC:
             raise HypervisorPanic(f"{self.name}: command {cmd:#034x} refused")
         return CmdError.NONE
+
+    def _targets(self, cmd: int) -> list[PhysicalSmmu]:
+        """The physical SMMUs a forwarded command goes to: its stream's, when it names
+        one of the guest's vSIDs; otherwise (a VMID or ASID) every SMMU served."""
+        layout = COMMANDS.get(cmd & 0xFF)
+        if layout is not None and "SID" in layout:
+            home = self.homes.get(layout.get(cmd, "SID"))
+            if home is not None:
+                return [home]
+        return list(self.smmus.values())
+
+    def _submit(self, phys: PhysicalSmmu, out: int) -> None:
+        self._count("physical commands")
+        phys.drv.submit(out)
+        self._unsynced.add(phys.name)
 
     def _cfgi(self, c) -> None:
         if c.OP == Op.CFGI_STE:
@@ -241,17 +276,20 @@ class VSmmu(SmmuFrontend):
             self.install(vsid, cfgi=True)
 
     def _physical_sync(self) -> bool:
-        """Complete forwarded work.  The transfer function only forwards commands
-        the hardware accepts, so a physical CERROR is a hypervisor bug: it is
-        recovered and reported to the guest as CERROR_ILL rather than hidden."""
-        self._unsynced = False
-        self._count("physical commands")
-        try:
-            self.phys.drv.sync()
-        except CommandError:
-            self.phys.drv.recover()
-            return False
-        return True
+        """Complete forwarded work on every SMMU it went to.  The transfer function
+        only forwards commands the hardware accepts, so a physical CERROR is a
+        hypervisor bug: it is recovered and reported to the guest as CERROR_ILL
+        rather than hidden."""
+        ok = True
+        for name in sorted(self._unsynced):
+            self._count("physical commands")
+            try:
+                self.smmus[name].drv.sync()
+            except CommandError:
+                self.smmus[name].drv.recover()
+                ok = False
+        self._unsynced.clear()
+        return ok
 
     # ------------------------------------------------------------- events
     def forward(self, record: int, vsid: int) -> bool:

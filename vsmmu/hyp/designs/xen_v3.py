@@ -57,6 +57,7 @@ XEN_V3 = Design(
     features={"ssidsize": 0, "ats": False, "msi": False, "ril": False, "had": False,
               "cd_2lvl": False},
     crashes=frozenset({"reserved-config", "live-s1-rewrite"}),
+    placement="single",
 )
 
 PROFILE = Profile(XEN_V3, (
@@ -64,12 +65,14 @@ PROFILE = Profile(XEN_V3, (
     "drained in one trap, no CERROR ever, TLBIs widened to a flush of the domain, "
     "raw stage-1 fault records forwarded, hypervisor BUG()s on some guest vSTEs"
 ), (
-    Choice("placement", "domU: one vSMMU for all physical SMMUs with a 65,536-entry "
-           "vSID->pSID table (dom0: one per physical SMMU, vSID == pSID). Modelled as one "
-           "vSMMU per physical SMMU with a vSID table each, the only placement our "
-           "mechanism has so far: a vSID collision across physical SMMUs cannot arise",
-           "21/23 (2105eb0c) vsmmuv3_allocate_free_vid, 22/23 (9db4c7b9), 23/23 design "
-           "doc; read"),
+    Choice("placement", "domU: one vSMMU for all physical SMMUs; its vSID->pSID table "
+           "(65,536 entries) filled first-free in device order; invalidations that name no "
+           "stream reach every physical SMMU, CFGI_STE its stream's. Not modelled: the "
+           "dom0 placement (one per physical SMMU, vSID == pSID), and that Xen finds a "
+           "pSID's master without its SMMU (the entry's phys_smmu is never set), which "
+           "confuses only the domain's own devices",
+           "21/23 (2105eb0c) vsmmuv3_allocate_free_vid, arm_vsmmu_handle_cfgi_ste; 22/23 "
+           "(9db4c7b9); 23/23 design doc ('a single vIOMMU'); read"),
     Choice("guest STE fields", "only dword 0: V, Config, S1ContextPtr, S1Fmt, S1CDMax "
            "(0, as SSIDSIZE is 0); Xen writes dword 1 itself and its own stage 2 and VMID",
            "10/23 (5342a535) arm_vsmmu_decode_ste, 02/23 (baa5aa0d) "
