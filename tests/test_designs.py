@@ -21,8 +21,10 @@ from fuzz.compare import JUDGED, compare, format_markdown
 from fuzz.program import load, parse
 from fuzz.results import Finding
 from fuzz.targets import runner_for
+from properties.monitor import Monitor
 from properties.predicates import command_confined
 from properties.proofs import prove_all
+from properties.violations import S2_AUTHORITY, Violation
 from vsmmu.guests.guest import GuestKernel
 from vsmmu.hyp.designs import PROFILES, profile
 from vsmmu.hyp.designs.pkvm import PKVM
@@ -141,6 +143,25 @@ def test_xen_v3_gives_a_domu_one_vsmmu_for_both_smmus():
     cfgi_cd = 0x05 | 0x20 << 32
     assert command_confined(cfgi_cd, vsmmu.context("smmu1"))
     assert not command_confined(cfgi_cd, vsmmu.context("smmu0"))
+
+
+def test_a_design_that_does_not_park_leaves_the_old_owner_live():
+    """Parking (Design.park): nic0 taken from g0 keeps g0's stage 2 unless parked; an
+    unowned stream whose STE still translates is an s2-authority finding."""
+    for park in (True, False):
+        hyp = _hyp("vsmmu")
+        hyp.design = replace(hyp.design, park=park)
+        monitor = Monitor(hyp, z3_checks=False)
+        hyp.deassign("nic0")  # smmu0 pSID 0x10
+        ste = hyp.smmus["smmu0"].drv.read_ste(0x10)
+        if park:
+            monitor.check()
+            assert ste & 0xF == 0x1  # V=1, Config=abort (0b000, bits 3:1)
+            continue
+        assert ste >> 1 & 7 == 0b110  # Config=S2: g0's stage 2, still live
+        with pytest.raises(Violation) as e:
+            monitor.check()
+        assert e.value.invariant == S2_AUTHORITY and e.value.witness["guest"] is None
 
 
 def test_xen_v3_advertises_no_ssids_ats_or_msis():

@@ -338,8 +338,8 @@ class Hypervisor:
         return guest.viommu is not None or bool(guest.vsmmus)
 
     def deassign(self, device: str) -> None:
-        """Quarantine: abort STE, config and ATC invalidation, sync — before the
-        device can be handed to anyone else."""
+        """Quarantine (the design's `park`): abort STE, config and ATC invalidation,
+        sync — before the device can be handed to anyone else."""
         spec = self.devices[device]
         guest_name, vsid = self.assigned.pop(device)
         phys = self.smmus[spec.smmu]
@@ -349,6 +349,8 @@ class Hypervisor:
         else:
             guest.vsmmu_for(spec.smmu).detach(vsid)
         del phys.owners[spec.sid]
+        if not self.design.park:
+            return
         phys.drv.write_ste(spec.sid, ste_abort())
         if spec.ats:
             phys.drv.submit(cmd(Op.ATC_INV, SID=spec.sid, GLOBAL=1, SIZE=52))

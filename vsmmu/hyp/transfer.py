@@ -221,6 +221,10 @@ class Design:
     # "per-smmu": a guest's vSMMU per physical SMMU; "single": one vSMMU for all of
     # them, its vSIDs given first-free in assignment order (Xen's domU).
     placement: str = "per-smmu"
+    # A device taken from its owner is parked on an abort STE (with its ATC
+    # invalidated) before anyone else can be given it; without, its old
+    # configuration stays live until the next owner's is written.
+    park: bool = True
 
     @cached_property
     def s1_half(self) -> int:

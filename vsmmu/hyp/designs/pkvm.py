@@ -135,6 +135,11 @@ PROFILE = Profile(PKVM, (
            "25/28, LATE smmu_abort_gbpa; read"),
     Choice("MSIs", "IDR0.MSI hidden; the *_IRQ_CFG0/1 registers pass through unchecked "
            "(not modelled: the register file is ours)", "19/28, LATE; read"),
+    Choice("parking", "no hand-off in the model: the host keeps every device. Before the "
+           "host enables the SMMU, GBPA abort blocks every stream; a device the host "
+           "gives up is quarantined as ours does (hand-off to protected VMs is not in "
+           "the series)", "25/28 (GBPA); CL3 (device assignment to protected VMs is "
+           "future work); quarantine on hand-off: our guess"),
     Choice("not modelled", "CFGI_STE before SMMUEN refused; stream-table format checks on "
            "SMMUEN; CR1 forced; register allow-list; the shadow queue's size", "LATE; "
            "our choice to leave these (availability, issue 17) for later"),

@@ -43,6 +43,12 @@ PROFILE = Profile(REFERENCE, (
            "only guest addresses; F_STE_FETCH / C_BAD_STREAMID of the host's table never; "
            "nested STEs set MEV", "IHI 0070 §7.3; shared/DESIGN.md (events go only to the "
            "owner)"),
+    Choice("parking", "a device taken from a guest is quarantined (abort STE, CFGI_STE, "
+           "ATC_INV, CMD_SYNC) before it can be handed to anyone; a device given to a "
+           "guest starts on the guest's vSMMU GBPA (abort after the guest's driver reset)",
+           "Documentation/userspace-api/iommufd.rst and iommufd_device_bind (binding "
+           "takes DMA ownership first); Gunthorpe, 'iommu: Always use the blocking "
+           "domain' (0-v2-f62259511ac0+6-iommu_dma_block_jgg@nvidia.com)"),
     Choice("MSIs", "a hypervisor-chosen doorbell window in each guest's IPA space, mapped "
            "by stage 2 to that guest's doorbell page", "shared/DESIGN.md (reserved region "
            "/ RMR in the nested case)"),

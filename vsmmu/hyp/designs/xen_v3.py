@@ -105,6 +105,12 @@ PROFILE = Profile(XEN_V3, (
     Choice("event queue full", "dropped with GERROR.EVTQ_ABT_ERR; the overflow flag never "
            "set; no rate limit (not modelled: the mechanism's overflow is ours)",
            "12/23 arm_vsmmu_write_evtq; read"),
+    Choice("parking", "a device taken from a domain is quarantined: its DMA faults (basic "
+           "quarantine, Xen's default). The series itself is silent on de-assignment; a "
+           "device it is given keeps Xen's stage-2-only STE until the guest's first "
+           "CFGI_STE", "xen-project/xen 980d6acf1517 (scratch-page quarantine made "
+           "optional, basic stays default): read; 02/23, 11/23 for the first STE: "
+           "inferred; that the Arm path quarantines the same way: our guess"),
     Choice("ID registers", "stage 1 only, SSIDSIZE 0, no ATS, PRI, MSI, RIL, HAD or CD2L",
            "08/23 vsmmuv3_mmio_read (hard-coded values); read"),
     Choice("ATS", "not advertised; ATC_INV skipped", "08/23, 09/23; read"),
