@@ -142,6 +142,8 @@ ram_mib = 32
 
 [[guest]]
 name = "g1"
+sw_msi_start = 0x2000_0000
+sw_msi_size_mib = 2
 
 [[device]]
 name = "nic0"
@@ -169,7 +171,7 @@ EXPECTED = Platform(
                                    ats=False)),
         SmmuSpec("smmu1", Features()),
     ),
-    guests=(GuestSpec("g0", 32), GuestSpec("g1", 16)),
+    guests=(GuestSpec("g0", 32), GuestSpec("g1", 16, "smmuv3", 0x2000_0000, 2)),
     devices=(
         DeviceSpec("nic0", "smmu0", 0x10, "g0", 0),
         DeviceSpec("nic1", "smmu1", 0x10, "g1", 7, ats=True),
@@ -187,7 +189,8 @@ def test_load_json_with_hex_strings(tmp_path):
         "smmu": [{"name": "smmu0", "features": {"ssidsize": 4, "oas_bits": 44,
                                                 "granules": [4096], "ats": False}},
                  {"name": "smmu1"}],
-        "guest": [{"name": "g0", "ram_mib": 32}, {"name": "g1"}],
+        "guest": [{"name": "g0", "ram_mib": 32},
+                  {"name": "g1", "sw_msi_start": "0x20000000", "sw_msi_size_mib": 2}],
         "device": [
             {"name": "nic0", "smmu": "smmu0", "sid": "0x10", "guest": "g0"},
             {"name": "nic1", "smmu": "smmu1", "sid": 16, "guest": "g1", "vsid": "0X7",
@@ -219,6 +222,7 @@ def test_dump_lists_only_feature_overrides():
         {"name": "smmu1"},
     ]
     assert d["device"][2] == {"name": "hyp", "smmu": "smmu0", "sid": 0x11, "ats": False}
+    assert [g.get("sw_msi_start") for g in d["guest"]] == [None, 0x2000_0000]
 
 
 # ------------------------------------------------------ model-level validation
@@ -344,6 +348,15 @@ def with_(path: tuple, value):
     (with_(("device", 0, "ats"), "yes"), r"device\[0\] 'nic0': ats must be a boolean"),
     (with_(("device", 0, "guest"), 0), r"device\[0\] 'nic0': guest must be a string"),
     (with_(("device", 0, "guest"), "g9"), "device 'nic0': guest 'g9' is not declared"),
+    # The MSI window: iommufd SW_MSI_START / SIZE's own checks (EINVAL, EOVERFLOW).
+    (with_(("guest", 0, "sw_msi_start"), "0x8001000"),
+     "guest 'g0': sw_msi_start must be a multiple of 1 MiB, got 0x8001000"),
+    (with_(("guest", 0, "sw_msi_start"), 1.0), r"guest\[0\] 'g0': sw_msi_start must be"),
+    (with_(("guest", 0, "sw_msi_size_mib"), 0), "guest 'g0': sw_msi_size_mib must be at least 1"),
+    (with_(("guest", 0, "sw_msi_size_mib"), "1"), r"guest\[0\] 'g0': sw_msi_size_mib must be"),
+    (with_(("guest", 0, "sw_msi_start"), "0xfffffffffff00000") | {"guest": [{
+        "name": "g0", "sw_msi_start": "0xfffffffffff00000", "sw_msi_size_mib": 2}]},
+     r"guest 'g0': the MSI window 0xfffffffffff00000 \+ 0x200000 wraps past 2\*\*64"),
     (with_(("device",), [{"name": f"d{i}", "smmu": "smmu0", "sid": i} for i in range(257)]),
      "too many device entries: 257"),
 ])

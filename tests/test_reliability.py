@@ -223,7 +223,12 @@ def _most_ram(p: dict) -> None:
     (lambda p: _features(p, st_2lvl=False, sidsize=24), "MiB of its 32 MiB pool"),
     (_most_ram, "MiB of RAM together"),
     (lambda p: p.update(device=[]), "no device"),
-], ids=["no-stage-1", "linear-table-too-big", "documented-maximum-ram", "no-device"])
+    (lambda p: p["guest"][0].update(sw_msi_start=0x4000_0000),  # GUEST_RAM
+     "the MSI window [0x40000000, 0x40100000) overlaps its RAM"),
+    (lambda p: p["guest"][0].update(sw_msi_start=(1 << 40) - (1 << 20), sw_msi_size_mib=2),
+     "is outside its 40-bit IPA space"),
+], ids=["no-stage-1", "linear-table-too-big", "documented-maximum-ram", "no-device",
+        "msi-window-on-ram", "msi-window-beyond-ipa"])
 def test_a_platform_the_hypervisor_cannot_boot_is_one_line_at_load(tmp_path, capsys, change,
                                                                    message):
     path = _platform(tmp_path, change)

@@ -5,6 +5,8 @@ resources, and the invariant monitor clean throughout."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from fuzz.runner import DMA_BUF, DMA_IOVA, boot, fuzz_platform
@@ -92,6 +94,28 @@ def test_msi_window_is_the_reserved_region_and_reaches_the_doorbell(system):
         kernel.dma_map(dom, MSI_WINDOW[0], GUEST_RAM, PAGE_SIZE)
     assert system.hyp.dma("nic0", MSI_WINDOW[0], 4, write=True, data=b"\1\0\0\0").ok
     assert system.hyp.msis[-1].doorbell_of == "g0"
+
+
+@pytest.mark.parametrize("viommu", ["virtio", "smmuv3"])
+def test_a_moved_msi_window_is_what_the_guest_is_told_and_where_its_doorbell_is(viommu):
+    """A platform moves g0's window to 2 MiB at 0x2000_0000 (iommufd's SW_MSI_START =
+    0x20000000, SW_MSI_SIZE = 2): its doorbell is the window's first page, stage 2
+    maps nothing at the default window, and a virtio-iommu guest's PROBE reports the
+    whole window as RESV_MEM subtype MSI (1)."""
+    p = fuzz_platform(viommu)
+    moved = replace(p.guests[0], sw_msi_start=0x2000_0000, sw_msi_size_mib=2)
+    system = boot(replace(p, guests=(moved, *p.guests[1:])))
+    kernel, dom, g0 = _nic0(system)
+    assert g0.view.pa_of(0x2000_0000) == g0.doorbell
+    assert g0.view.pa_of(MSI_WINDOW[0]) is None
+    if viommu == "virtio":
+        assert kernel.reserved("nic0") == [(0x2000_0000, 0x201F_FFFF, 1)]
+        assert kernel.map_msi(dom) == 0x2000_0000
+    else:  # the boot mapped the doorbell page 1:1 in the domain's stage 1 (map_msi)
+        assert dom.table.translate(0x2000_0000) == 0x2000_0000
+    assert system.hyp.dma("nic0", 0x2000_0000, 4, write=True, data=b"\1\0\0\0").ok
+    assert system.hyp.msis[-1].doorbell_of == "g0"
+    system.monitor.check()
 
 
 def test_pages_leaving_the_guest_leave_its_mappings_first(system):

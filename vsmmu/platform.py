@@ -25,6 +25,8 @@ as data only, every key and type checked.  The schema, in TOML::
     name = "g0"
     ram_mib = 16                                 # optional, 1..1024
     viommu = "smmuv3"                            # optional: or "virtio" (virtio-iommu)
+    sw_msi_start = 0x8000000                     # optional: its reserved MSI window, as
+    sw_msi_size_mib = 1                          # iommufd's IOMMU_OPTION_SW_MSI_START/SIZE
     [[device]]
     name = "nic0"
     smmu = "smmu0"
@@ -65,11 +67,20 @@ MAX_DEVICES = 256
 MAX_FILE_BYTES = 1 << 20
 VSID_BITS = 16  # every vSMMU advertises IDR1.SIDSIZE = 16
 RAM_MIB = (1, 1024)
+# A guest's reserved MSI window, where the hypervisor maps its doorbell: by default
+# Linux's arm-smmu-v3 MSI_IOVA_BASE / MSI_IOVA_LENGTH, the window QEMU's nested
+# SMMUv3 describes to a guest as an IORT RMR.  A platform may move it, under the
+# checks of iommufd's IOMMU_OPTION_SW_MSI_START / SIZE series (v2, Oct 2025,
+# 6c36de14...1760487869.git.nicolinc@nvidia.com): start and size in whole MiB, no
+# wrap past 2**64; the hypervisor adds its own (capacity.py).
+SW_MSI_START, SW_MSI_SIZE_MIB = 0x0800_0000, 1
+SW_MSI_ALIGN = 1 << 20
 VIOMMUS = ("smmuv3", "virtio")  # what a guest's virtual IOMMU is
 MAX_PSID = (1 << 32) - 1  # SIDSIZE is at most 32
 NAME_PATTERN = r"[a-z][a-z0-9_-]{0,31}"
 _NAME_RE = re.compile(NAME_PATTERN)
-_HEX_RE = re.compile(r"0[xX][0-9a-fA-F]{1,8}")
+_HEX_RE = re.compile(r"0[xX][0-9a-fA-F]{1,8}")  # a StreamID
+_HEX64_RE = re.compile(r"0[xX][0-9a-fA-F]{1,16}")  # an address
 
 # Bounds for integer Features, beyond what Features itself checks: the queue
 # sizes are the architectural maximum, the cache capacities are what the model
@@ -221,9 +232,31 @@ class GuestSpec:
     name: str
     ram_mib: int = 16
     viommu: str = "smmuv3"
+    sw_msi_start: int = SW_MSI_START  # IPA (== IOVA) of its reserved MSI window
+    sw_msi_size_mib: int = SW_MSI_SIZE_MIB
+
+    @property
+    def msi_window(self) -> tuple[int, int]:
+        """(start, size in bytes) of the guest's reserved MSI window."""
+        return self.sw_msi_start, self.sw_msi_size_mib * SW_MSI_ALIGN
 
     def __post_init__(self):
         _check_name("guest", self.name)
+        me = f"guest {_q(self.name)}"
+        for key in ("sw_msi_start", "sw_msi_size_mib"):
+            if not _is_int(getattr(self, key)):
+                raise PlatformError(f"{me}: {key} must be an integer, "
+                                    f"got {_type(getattr(self, key))}")
+        start, size = self.msi_window
+        if start < 0 or start % SW_MSI_ALIGN:  # iommufd: EINVAL
+            raise PlatformError(f"{me}: sw_msi_start must be a multiple of 1 MiB, "
+                                f"got {_num(start, True)}")
+        if self.sw_msi_size_mib < 1:  # iommufd takes 0 as "the default"; a file omits it
+            raise PlatformError(f"{me}: sw_msi_size_mib must be at least 1 (the doorbell "
+                                f"needs a page), got {_num(self.sw_msi_size_mib)}")
+        if start + size > 1 << 64:  # iommufd: EOVERFLOW
+            raise PlatformError(f"{me}: the MSI window {_num(start, True)} + "
+                                f"{_num(size, True)} wraps past 2**64")
         if self.viommu not in VIOMMUS:
             raise PlatformError(f"guest {_q(self.name)}: viommu must be one of "
                                 f"{', '.join(VIOMMUS)}, got {self.viommu!r}")
@@ -464,7 +497,7 @@ def default_platform() -> Platform:
 _TOP_KEYS = ("smmu", "guest", "device", "design")
 _ENTRY_KEYS = {
     "smmu": (("name",), ("features",)),
-    "guest": (("name",), ("ram_mib", "viommu")),
+    "guest": (("name",), ("ram_mib", "viommu", "sw_msi_start", "sw_msi_size_mib")),
     "device": (("name", "smmu", "sid"), ("guest", "vsid", "ats")),
 }
 _LIMITS = {"smmu": MAX_SMMUS, "guest": MAX_GUESTS, "device": MAX_DEVICES}
@@ -505,11 +538,11 @@ def _str(label: str, entry: dict, key: str, optional: bool = False) -> str | Non
     return v
 
 
-def _int(label: str, entry: dict, key: str, hex_ok: bool = False) -> int:
+def _int(label: str, entry: dict, key: str, hex_ok: bool = False, hex_re=_HEX_RE) -> int:
     v = entry[key]
     if _is_int(v):
         return v
-    if hex_ok and isinstance(v, str) and _HEX_RE.fullmatch(v):
+    if hex_ok and isinstance(v, str) and hex_re.fullmatch(v):
         return int(v, 16)
     allowed = 'an integer or a "0x.." string' if hex_ok else "an integer"
     shown = f" {_q(v)}" if isinstance(v, str) else ""
@@ -537,7 +570,10 @@ def platform_from_dict(data: object) -> Platform:
     for label, e in guest_entries:
         ram = _int(label, e, "ram_mib") if "ram_mib" in e else 16
         viommu = _str(label, e, "viommu") if "viommu" in e else "smmuv3"
-        guests.append(GuestSpec(_str(label, e, "name"), ram, viommu))
+        start = (_int(label, e, "sw_msi_start", hex_ok=True, hex_re=_HEX64_RE)
+                 if "sw_msi_start" in e else SW_MSI_START)
+        size = _int(label, e, "sw_msi_size_mib") if "sw_msi_size_mib" in e else SW_MSI_SIZE_MIB
+        guests.append(GuestSpec(_str(label, e, "name"), ram, viommu, start, size))
     devices = []
     for label, e in device_entries:
         vsid = None if e.get("vsid") is None else _int(label, e, "vsid", hex_ok=True)
@@ -576,9 +612,16 @@ def dump_platform(p: Platform) -> dict:
     return {
         **design,
         "smmu": smmus,
-        "guest": [{"name": g.name, "ram_mib": g.ram_mib, "viommu": g.viommu} for g in p.guests],
+        "guest": [_dump_guest(g) for g in p.guests],
         "device": devices,
     }
+
+
+def _dump_guest(g: GuestSpec) -> dict:
+    entry: dict[str, Any] = {"name": g.name, "ram_mib": g.ram_mib, "viommu": g.viommu}
+    if g.msi_window != GuestSpec(g.name).msi_window:
+        entry.update(sw_msi_start=g.sw_msi_start, sw_msi_size_mib=g.sw_msi_size_mib)
+    return entry
 
 
 # ----------------------------------------------------------------------- files

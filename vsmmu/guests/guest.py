@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..hw.memory import PAGE_SIZE
-from ..hyp.host import GUEST_RAM, IPA_BITS, MSI_WINDOW
+from ..hyp.host import GUEST_RAM, IPA_BITS
 from ..hyp.hypervisor import Hypervisor
 from ..sw.alloc import Allocator
 from ..sw.driver import EventBatch, SmmuDriver, cd, ste_abort, ste_bypass, ste_s1
@@ -91,10 +91,11 @@ class GuestKernel:
                                            granule=dom.table.granule)
 
     def map_msi(self, dom: Domain) -> int:
-        """Map the hypervisor's reserved MSI window 1:1 (Linux's SW_MSI region);
-        returns the IOVA a device writes to signal an MSI."""
-        base, size = MSI_WINDOW
-        dom.table.map(base, base, size, write=True)
+        """Map the doorbell page of the hypervisor's reserved MSI window 1:1 (Linux's
+        iommu-dma maps just the doorbell pages of its SW_MSI region); returns the
+        IOVA a device writes to signal an MSI."""
+        base = self.guest.msi_window[0]
+        dom.table.map(base, base, PAGE_SIZE, write=True)
         return base
 
     # ------------------------------------------------------------- events

@@ -14,13 +14,16 @@ from typing import Protocol
 
 from ..hw.memory import PAGE_SIZE, PhysMem
 from ..hw.smmu import Smmu
+from ..platform import GuestSpec
 from ..sw.alloc import Allocator
 from ..sw.driver import SmmuDriver
 from ..sw.pagetable import IpaView, PageTable
 
 IPA_BITS = 40  # each guest's IPA space; the vSMMU advertises it as its OAS
 GUEST_RAM = 0x4000_0000  # IPA of guest RAM
-MSI_WINDOW = (0x0800_0000, PAGE_SIZE)  # reserved IOVA == IPA window of the doorbell
+# A guest's reserved IOVA == IPA window for its doorbell unless its platform moves it
+# (GuestSpec.sw_msi_start / sw_msi_size_mib); the doorbell is its first page.
+MSI_WINDOW = GuestSpec("default").msi_window
 # The hypervisor's own memory (stream tables, queues, stage-2 tables) sits at the
 # physical addresses equal to the IPAs of guest RAM: an IPA used as a PA by
 # mistake (a stage 2 skipped, a guest pointer taken as physical) then lands on
@@ -75,6 +78,7 @@ class GuestMemory:
     s2_ste: int  # the stage-2-only STE of this guest's streams
     doorbell: int  # PA of its MSI doorbell page
     ram: int  # bytes of RAM at GUEST_RAM
+    msi_window: tuple[int, int] = MSI_WINDOW  # (IPA, bytes); its doorbell at the start
     pages: dict[int, int] = field(default_factory=dict)  # IPA page -> PA page
     ipas: dict[int, int] = field(default_factory=dict)  # PA page -> IPA page (reverse)
     s2_generation: int = 0  # bumped by every stage-2 change (for checks that cache)

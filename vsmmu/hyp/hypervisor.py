@@ -18,9 +18,10 @@ one virtio-iommu device for all its endpoints (vsmmu/hyp/virtio_iommu.py), whose
 mappings vsmmu/hyp/virtio_backend.py composes with the guest's stage 2 into
 tables the hypervisor owns; a page taken from the guest leaves those first.
 
-MSIs: each guest has a doorbell page; the guest is told the reserved IOVA
-window (`MSI_WINDOW`), which its stage 1 maps 1:1 to the same IPA and which
-stage 2 maps to that doorbell (the SW_MSI / RMR approach).  A device write
+MSIs: each guest has a doorbell page; the guest is told its reserved IOVA
+window (`Guest.msi_window`: `MSI_WINDOW` unless its platform entry moves it,
+checked as iommufd's SW_MSI options are), whose first page its stage 1 maps 1:1
+to the same IPA and stage 2 maps to that doorbell (the SW_MSI / RMR approach).  A device write
 that lands on a doorbell is logged as an MSI with its StreamID.
 """
 
@@ -45,7 +46,6 @@ from .host import (
     GUEST_RAM,
     HYP_POOL,
     IPA_BITS,
-    MSI_WINDOW,
     RAM_POOL,
     GuestMemory,
     PhysicalSmmu,
@@ -181,11 +181,12 @@ class Hypervisor:
         vmid = self._free_vmids.take()
         s2 = PageTable(self.mem, self.hyp_alloc, stage=2, granule=PAGE_SIZE, tsz=64 - IPA_BITS)
         doorbell = self._page(doorbell_owner(spec.name))
-        s2.map(MSI_WINDOW[0], doorbell, PAGE_SIZE, exec=False)
+        s2.map(spec.msi_window[0], doorbell, PAGE_SIZE, exec=False)
         s2_ste = ste_s2(vmid=vmid, ttb=s2.ttb, t0sz=s2.tsz, sl0=s2.sl0, tg=PAGE_SIZE,
                         ps=IPA_BITS, s2r=True)
         view = IpaView(self.mem, s2, self.view_observers)
-        guest = Guest(spec.name, vmid, s2, view, s2_ste, doorbell, spec.ram_mib << 20)
+        guest = Guest(spec.name, vmid, s2, view, s2_ste, doorbell, spec.ram_mib << 20,
+                      spec.msi_window)
         self.guests[spec.name] = guest
         self.map(spec.name, GUEST_RAM, guest.ram)
         if spec.viommu == "virtio":
@@ -314,7 +315,8 @@ class Hypervisor:
                 raise ValueError(f"endpoint {vsid:#x} is taken on {guest_name}'s virtio-iommu")
             self.smmus[spec.smmu].owners[spec.sid] = (guest_name, vsid)
             self.assigned[device] = (guest_name, vsid)
-            guest.viommu.add_endpoint(vsid, [ResvRegion(MSI_WINDOW[0], sum(MSI_WINDOW) - 1,
+            start, size = guest.msi_window
+            guest.viommu.add_endpoint(vsid, [ResvRegion(start, start + size - 1,
                                                         ResvSubtype.MSI)])
             return vsid
         if not self.takes_devices(guest_name):

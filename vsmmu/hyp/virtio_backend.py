@@ -36,7 +36,7 @@ from ..arch.virtio_layouts import MAP_F_READ, MAP_F_WRITE
 from ..hw.memory import PAGE_SIZE
 from ..sw.driver import ste_abort, ste_s2
 from ..sw.pagetable import MappingError, PageTable
-from .host import MSI_WINDOW, GuestMemory, Host
+from .host import GuestMemory, Host
 from .virtio_iommu import BackendError, BackendFault, VirtioIommu
 
 
@@ -100,7 +100,7 @@ class VirtioBackend:
         else:
             table = PageTable(self.hyp.mem, self.hyp.hyp_alloc, stage=2, granule=PAGE_SIZE,
                               tsz=64 - self.ipa_bits)
-            table.map(MSI_WINDOW[0], self.guest.doorbell, PAGE_SIZE, exec=False)
+            table.map(self.guest.msi_window[0], self.guest.doorbell, PAGE_SIZE, exec=False)
         ste = ste_s2(vmid=vmid, ttb=table.ttb, t0sz=table.tsz, sl0=table.sl0, tg=PAGE_SIZE,
                      ps=self.ipa_bits, s2r=True)
         dom = self.domains[domain] = ComposedDomain(domain, vmid, table, ste)

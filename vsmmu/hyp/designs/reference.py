@@ -49,9 +49,14 @@ PROFILE = Profile(REFERENCE, (
            "Documentation/userspace-api/iommufd.rst and iommufd_device_bind (binding "
            "takes DMA ownership first); Gunthorpe, 'iommu: Always use the blocking "
            "domain' (0-v2-f62259511ac0+6-iommu_dma_block_jgg@nvidia.com)"),
-    Choice("MSIs", "a hypervisor-chosen doorbell window in each guest's IPA space, mapped "
-           "by stage 2 to that guest's doorbell page", "shared/DESIGN.md (reserved region "
-           "/ RMR in the nested case)"),
+    Choice("MSIs", "a reserved window in each guest's IPA space whose first page stage 2 "
+           "maps to the guest's doorbell: Linux's 0x8000000 + 1 MiB unless the platform "
+           "moves it (sw_msi_start / sw_msi_size_mib), refused unless 1 MiB aligned, "
+           "without wrap, inside the IPA space and clear of the guest's RAM",
+           "arm-smmu-v3 MSI_IOVA_BASE/LENGTH; iommufd SW_MSI_START/SIZE v2 (6c36de14..."
+           "1760487869.git.nicolinc@nvidia.com: EINVAL, EOVERFLOW, EADDRINUSE); "
+           "iommufd/driver.c iommufd_sw_msi (a doorbell page at the window's start); "
+           "the IPA-space check is ours (asked for in 20250129145800.GG5556@nvidia.com)"),
     Choice("guest addresses", "register addresses above the vSMMU's OAS (the guest's IPA "
            "size) are not stored", "IHI 0070 §3.4.3 note 6 (an emulated SMMU masks guest "
            "addresses to the IPA size)"),
