@@ -32,6 +32,9 @@ def test_runs_find_the_checkout_and_the_harness_scripts(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = bench.environment("ours", None, z3=False)
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(root)
+    assert not env.get("VSMMU_FUZZ_DESIGN")
+    design = bench.environment("ours", "nsnh-all-global", z3=False, design="pkvm")
+    assert design["VSMMU_FUZZ_DESIGN"] == "pkvm"  # the harness's Settings.from_env
     for fuzzer in ("ours", "atheris-plain"):
         script = Path(bench.command(fuzzer, "system", 1, tmp_path / "corpus")[1])
         assert script.is_file() and script.parent == root / "fuzz" / "harnesses"

@@ -69,6 +69,20 @@ def test_the_same_seed_draws_the_same_sample(capsys):
     assert capsys.readouterr().out != first
 
 
+def test_a_design_runs_the_campaign_and_the_proofs_on_its_model(monkeypatch):
+    calls = []
+
+    def cli(work, env, args, timeout):
+        calls.append(args)
+        return 0, ""  # a clean campaign, then clean proofs: survived
+
+    monkeypatch.setattr(mutants, "_cli", cli)
+    result = mutants.run(points()[0], budget=1, design="xen-v3")
+    assert result.outcome == "survived"
+    assert [a[0] for a in calls] == ["fuzz", "prove"]
+    assert all(a[-2:] == ["--design", "xen-v3"] for a in calls)
+
+
 def test_a_mutant_that_breaks_start_up_is_told_apart_from_a_kill():
     """The check that a guest's name is free, turned round: no guest boots.  The
     campaign cannot run at all, which says nothing about what campaigns find."""

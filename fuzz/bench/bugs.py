@@ -16,11 +16,14 @@ run, with two baselines on the same fuzz target, invariants and budget:
 Time to find is wall-clock from the process's start (imports, boot and seed
 replay included, for all three alike) to the finding on its output.  It also
 runs `ours` on the correct model, per target used and seed, for the same
-budget: any finding there is a false alarm (exit status 1).
+budget: any finding there is a false alarm (exit status 1).  `--design NAME`
+plants the bugs in that vSMMU design's model instead of ours; a design that
+itself breaks an invariant shows that in the correct-model row (and exits 1).
 
 `--json` prints one object (its keys are kept stable for scripts):
 
-    {"bugs": [{"name", "class", "found", "seeds", "median_s", "max_s", "invariant"}],
+    {"design": NAME,
+     "bugs": [{"name", "class", "found", "seeds", "median_s", "max_s", "invariant"}],
      "baselines": {"atheris-plain": [rows as above], "hypothesis": [...]},
      "correct_model_findings": N,
      "budget_s": S, "trials": [{"fuzzer", "bug", "target", "seed", "seconds",
@@ -55,6 +58,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from vsmmu.hyp.designs import DEFAULT
 
 from .. import options
 from ..campaign import HARNESSES, SEEDS_ROOT, base_flags
@@ -92,9 +97,11 @@ def command(fuzzer: str, target: str, seed: int, corpus: Path) -> list[str]:
     return [sys.executable, str(HARNESSES / f"{target}_fuzzer.py"), *flags]
 
 
-def environment(fuzzer: str, plant: str | None, *, z3: bool) -> dict[str, str]:
+def environment(fuzzer: str, plant: str | None, *, z3: bool,
+                design: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(Settings(z3=z3, plant=plant, plain=fuzzer == "atheris-plain").env())
+    env.update(Settings(z3=z3, plant=plant, plain=fuzzer == "atheris-plain",
+                        design=design).env())
     root = str(Path(__file__).resolve().parents[2])  # the checkout: fuzz/bench/bugs.py
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     return env
@@ -112,7 +119,7 @@ def finding(line: str) -> tuple[float | None, str] | None:
 
 
 def run_trial(fuzzer: str, bug: str | None, target: str, seed: int, budget: float, *,
-              z3: bool = True) -> Trial:
+              z3: bool = True, design: str | None = None) -> Trial:
     """One fuzzing process until its first finding or `budget` seconds."""
     with tempfile.TemporaryDirectory(prefix="vsmmu-bench-") as tmp:
         corpus = Path(tmp, "corpus")
@@ -120,7 +127,8 @@ def run_trial(fuzzer: str, bug: str | None, target: str, seed: int, budget: floa
         start = time.monotonic()
         proc = subprocess.Popen(command(fuzzer, target, seed, corpus), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=environment(fuzzer, bug, z3=z3), text=True,
+                                env=environment(fuzzer, bug, z3=z3, design=design),
+                                text=True,
                                 errors="replace", start_new_session=True, cwd=tmp)
         lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
@@ -171,13 +179,14 @@ def plan(bugs: Iterable[str], fuzzers: Iterable[str], seeds: int) -> list[tuple]
 
 def run_bugs(bugs: Iterable[str], *, fuzzers: Iterable[str] = FUZZERS,
              seeds: int = DEFAULT_SEEDS, budget: float = DEFAULT_BUDGET, jobs: int = 1,
-             z3: bool = True, progress: Callable[[str], None] | None = None) -> list[Trial]:
+             z3: bool = True, design: str | None = None,
+             progress: Callable[[str], None] | None = None) -> list[Trial]:
     runs = plan(bugs, fuzzers, seeds)
     done: list[Trial] = []
     lock = threading.Lock()
 
     def one(run: tuple) -> Trial:
-        trial = run_trial(*run, budget, z3=z3)
+        trial = run_trial(*run, budget, z3=z3, design=design)
         with lock:
             done.append(trial)
             if progress:
@@ -336,6 +345,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="runs in parallel (default 1: each run has a core to itself; 0: one "
                    "per core)")
     p.add_argument("--no-z3", action="store_true", help="skip the Z3 state checks")
+    options.add_design(p)  # the plants on top of that design; its own findings are the
+    # correct-model row's
     p.add_argument("--plot", metavar="FILE.png", help="draw findings over time")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p = sub.add_parser("speed", help="execs/s per harness, translations/s, Z3 costs")
@@ -375,9 +386,9 @@ def main(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
     trials = run_bugs(bugs, fuzzers=fuzzers, seeds=args.seeds, budget=args.budget,
-                      jobs=args.jobs, z3=not args.no_z3,
+                      jobs=args.jobs, z3=not args.no_z3, design=args.design,
                       progress=lambda text: print(text, file=sys.stderr, flush=True))
-    result = summarize(trials, args.seeds, args.budget)
+    result = {"design": args.design or DEFAULT, **summarize(trials, args.seeds, args.budget)}
     print(json.dumps(result, indent=2) if args.json else format_text(result))
     if args.plot:
         plot(result, args.plot)

@@ -5,7 +5,8 @@ Mutants are not: a small AST mutator samples one-token slips in the code that
 keeps guests apart — the hypervisor, the vSMMU and its transfer functions,
 the TLB, the virtio-iommu and its backend — and each mutant gets what a user
 relies on: a default campaign (`vsmmu fuzz`: every target in turn, every
-invariant; `--target` picks one) for the budget, then `vsmmu prove`.
+invariant; `--target` picks one) for the budget, then `vsmmu prove` (both on
+`--design NAME`'s model when given: slips under a published design's policy).
 
 * `killed`: the campaign or a proof reported a finding;
 * `boot`: the mutant breaks start-up (the campaign could not run at all), so it
@@ -23,7 +24,7 @@ Each mutant runs in a copy of the source tree, so nothing here is changed.
 
 `--json` prints one object:
 
-    {"population", "sample", "seed", "budget_s", "target",
+    {"population", "sample", "seed", "budget_s", "target", "design",
      "killed", "boot", "survived", "kill_rate",
      "mutants": [{"file", "line", "operator", "before", "after", "outcome", "by",
                   "seconds"}]}
@@ -48,6 +49,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from vsmmu.hyp.designs import DEFAULT
 
 from .. import options
 from ..targets import ALL
@@ -172,7 +175,8 @@ class Outcome:
     seconds: float
 
 
-def run(point: Point, budget: float, root: Path = ROOT, target: str = ALL) -> Outcome:
+def run(point: Point, budget: float, root: Path = ROOT, target: str = ALL,
+        design: str | None = None) -> Outcome:
     """A campaign on `target` (the default campaign's), then the proofs, on a copy of
     the tree with the slip made."""
     start = time.monotonic()
@@ -184,11 +188,12 @@ def run(point: Point, budget: float, root: Path = ROOT, target: str = ALL) -> Ou
         source = (root / point.file).read_text(encoding="utf-8")
         (work / point.file).write_text(mutant(source, point.index), encoding="utf-8")
         env = {"PYTHONPATH": str(work), "PYTHONDONTWRITEBYTECODE": "1"}
+        on = ["--design", design] if design else []
         (work / "corpus").mkdir()
         fuzz = _cli(work, env, ["fuzz", "--target", target, "--time", f"{budget:g}",
                                 "--seed", "1", "--json",
                                 "--corpus", str(work / "corpus"),
-                                "--artifacts", str(work / "artifacts")], budget + 120)
+                                "--artifacts", str(work / "artifacts"), *on], budget + 120)
         outcome, by = "survived", None
         findings = _findings(fuzz[1]) if fuzz is not None else []
         if findings:  # even when another target's harness could not run
@@ -196,7 +201,7 @@ def run(point: Point, budget: float, root: Path = ROOT, target: str = ALL) -> Ou
         elif fuzz is None or fuzz[0] != 0:
             outcome = "boot"
         else:
-            prove = _cli(work, env, ["prove", "--json"], 300)
+            prove = _cli(work, env, ["prove", "--json", *on], 300)
             if prove is None or prove[0] != 0:
                 outcome, by = "killed", "prove"
     return Outcome(point.file, point.line, point.operator, point.before, point.after,
@@ -233,6 +238,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=DEFAULT_BUDGET, metavar="S",
                         help=f"campaign seconds per mutant (default {DEFAULT_BUDGET:g})")
     options.add_target(parser, "each mutant's campaign runs", default=ALL)
+    options.add_design(parser)
     parser.add_argument("--list", action="store_true",
                         help="print the drawn mutants and stop (nothing is run)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -248,14 +254,15 @@ def main(args: argparse.Namespace) -> int:
         return 0
     results = []
     for i, p in enumerate(sample, 1):
-        r = run(p, args.budget, target=args.target)
+        r = run(p, args.budget, target=args.target, design=args.design)
         results.append(r)
         print(f"[{i}/{len(sample)}] {p.file}:{p.line} {p.operator}: {r.outcome}"
               f"{f' ({r.by})' if r.by else ''} in {r.seconds:g} s", file=sys.stderr, flush=True)
     counts = {k: sum(r.outcome == k for r in results) for k in ("killed", "boot", "survived")}
     judged = counts["killed"] + counts["survived"]
     summary = {"population": len(population), "sample": len(sample), "seed": args.seed,
-               "budget_s": args.budget, "target": args.target, **counts,
+               "budget_s": args.budget, "target": args.target,
+               "design": args.design or DEFAULT, **counts,
                "kill_rate": round(counts["killed"] / judged, 3) if judged else None,
                "mutants": [asdict(r) for r in results]}
     if args.json:
