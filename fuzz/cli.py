@@ -82,7 +82,7 @@ def _prove(args: argparse.Namespace) -> int:
     from fuzz import junit, sarif
     from properties.proofs import prove_all
     from vsmmu.hyp.hypervisor import Hypervisor
-    from vsmmu.platform import PlatformError, default_platform
+    from vsmmu.platform import DEFAULT_DESIGN, PlatformError, default_platform
 
     _check_reports(args)
     platform = _load_platform(args)
@@ -101,7 +101,8 @@ def _prove(args: argparse.Namespace) -> int:
                 f", {k}={v}" for k, v in (r.counterexample or {}).items()),
             [{"logicalLocations": [{"name": r.subject, "kind": "module"}]}],
             f"proof:{r.property}:{r.subject}:{r.result}",
-            level="error" if r.result == "violated" else "warning")
+            level="error" if r.result == "violated" else "warning",
+            design=hyp.design.name if hyp else DEFAULT_DESIGN)
             for r in results if r.result != "proved"]
         _write_report(args.sarif, sarif.log(rules, failed, version=version()))
     if args.junit:
@@ -163,7 +164,7 @@ def _check(args: argparse.Namespace) -> int:
         rules = sarif.invariant_rules()
         found = [] if v is None else [sarif.finding(
             rules, v.invariant, signature(v, result.traceback), v.step,
-            v.as_dict()["witness"], [args.program])]
+            v.as_dict()["witness"], [args.program], runner.design)]
         _write_report(args.sarif, sarif.log(rules, found, version=version()))
     if args.junit:
         failure = None if v is None else (v.invariant, str(v), result.traceback or "")

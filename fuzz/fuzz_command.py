@@ -87,8 +87,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.sarif:
         rules = sarif.invariant_rules()
-        found = [sarif.finding(rules, f.invariant, f.signature, f.step, f.witness, [f.artifact])
-                 for f in result.findings]
+        found = [sarif.finding(rules, f.invariant, f.signature, f.step, f.witness, [f.artifact],
+                               f.design) for f in result.findings]
         if why := write_report(args.sarif, sarif.log(rules, found, version=fuzz_version())):
             result.errors.append(why)
     if args.report and (why := report.write(result, args.report, platform=o.platform,

@@ -55,6 +55,7 @@ from vsmmu.arch.layouts import CD, REGISTERS
 from vsmmu.hw.memory import HYP, PAGE_SIZE, PhysMem
 from vsmmu.hw.smmu import Smmu
 from vsmmu.hyp.host import GUEST_RAM, IPA_BITS, MSI_WINDOW
+from vsmmu.platform import DEFAULT_DESIGN
 from vsmmu.sw.alloc import Allocator
 from vsmmu.sw.driver import SmmuDriver, cd, ste_abort, ste_bypass, ste_nested, ste_s1, ste_s2
 from vsmmu.sw.pagetable import IpaView, PageTable
@@ -190,6 +191,8 @@ def _push(rig: Rig, *words: int) -> None:
 # ------------------------------------------------------------ the runner
 class PhysicalRunner(SessionRunner):
     """Boots the rig once; every run on it, put back as it was after each."""
+
+    design = DEFAULT_DESIGN  # the physical SMMU alone: no vSMMU, no design
 
     def __init__(self, features: Features | None = None):
         self.template = build(features)

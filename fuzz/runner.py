@@ -195,6 +195,10 @@ class Runner(SessionRunner):
         self.mem = self.template.hyp.mem
         self.reset = Reset(self.template, self.mem)
 
+    @property
+    def design(self) -> str:
+        return self.template.hyp.design.name
+
     @contextmanager
     def session(self) -> Iterator[Session]:
         """The booted system, put back as it was after the run."""

@@ -5,7 +5,9 @@ per proof; one result per deduplicated finding, its message the signature and
 the witness, its location the program file (the line of the operation that
 broke the invariant when the file is program text) and, for a crash, the
 model's function where it happened.  `partialFingerprints` carries a hash of
-the signature, so that code scanning recognises a finding across runs.
+the signature, so that code scanning recognises a finding across runs; on a
+design other than ours the hash is of "design/signature" (the same program
+breaking two designs is two findings), and the result's properties name it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from properties.violations import INVARIANTS, NO_CRASH, ORACLES, STATEMENTS
+from vsmmu.platform import DEFAULT_DESIGN
 
 from .program import MAX_BYTES, op_lines
 
@@ -41,12 +44,17 @@ def location(uri: str, line: int | None = None, frame: str | None = None) -> dic
 
 def result(rule_id: str, rules: Sequence[dict[str, Any]], message: str,
            locations: Iterable[dict[str, Any]], signature: str,
-           level: str = "error") -> dict[str, Any]:
+           level: str = "error", design: str = DEFAULT_DESIGN) -> dict[str, Any]:
     index = next(i for i, r in enumerate(rules) if r["id"] == rule_id)
-    return {"ruleId": rule_id, "ruleIndex": index, "level": level,
-            "message": {"text": message}, "locations": list(locations),
-            "partialFingerprints": {
-                FINGERPRINT: hashlib.sha256(signature.encode()).hexdigest()[:32]}}
+    if design != DEFAULT_DESIGN:
+        signature = f"{design}/{signature}"
+    out = {"ruleId": rule_id, "ruleIndex": index, "level": level,
+           "message": {"text": message}, "locations": list(locations),
+           "partialFingerprints": {
+               FINGERPRINT: hashlib.sha256(signature.encode()).hexdigest()[:32]}}
+    if design != DEFAULT_DESIGN:
+        out["properties"] = {"design": design}
+    return out
 
 
 def log(rules: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]], *,
@@ -63,7 +71,8 @@ def witness_text(signature: str, step: int | None, witness: dict[str, Any]) -> s
 
 
 def finding(rules: Sequence[dict[str, Any]], invariant: str, signature: str,
-            step: int | None, witness: dict[str, Any], files: Iterable[str]) -> dict[str, Any]:
+            step: int | None, witness: dict[str, Any], files: Iterable[str],
+            design: str = DEFAULT_DESIGN) -> dict[str, Any]:
     """A result for one finding, located in each file that shows it (the line of the
     failing operation in program text) and, for a crash, at the model's function
     that raised (the innermost frame its signature names)."""
@@ -80,4 +89,4 @@ def finding(rules: Sequence[dict[str, Any]], invariant: str, signature: str,
             else None
         locations.append(location(file, line, frame))
     return result(invariant if any(r["id"] == invariant for r in rules) else NO_CRASH, rules,
-                  witness_text(signature, step, witness), locations, signature)
+                  witness_text(signature, step, witness), locations, signature, design=design)

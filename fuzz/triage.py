@@ -519,7 +519,8 @@ def main(args: argparse.Namespace) -> int:
     if args.sarif:
         rules = sarif.invariant_rules()
         results = [sarif.finding(rules, m[0].finding.invariant, sig, m[0].finding.step,
-                                 m[0].finding.witness, [r.file for r in m])
+                                 m[0].finding.witness, [r.file for r in m],
+                                 runner.design)
                    for sig, m in by_signature.items()]
         if why := write_report(args.sarif, sarif.log(rules, results, version=fuzz.version())):
             return _fail(why)

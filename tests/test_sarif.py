@@ -61,6 +61,26 @@ def test_check_locates_the_failing_operation_and_fingerprints_the_signature(tmp_
     assert same["partialFingerprints"] == res["partialFingerprints"]
 
 
+def test_a_finding_on_another_design_has_its_own_fingerprint(tmp_path):
+    """The same signature on xen-v3 and on pkvm is two findings for code scanning;
+    on ours the fingerprint stays the hash of the signature alone."""
+    import hashlib
+    program = tmp_path / "wrap.txt"  # CMDQ_PROD far ahead: both designs drain it all
+    program.write_text("mmio_write guest=0x0 smmu=0x0 reg=0x18 value=0xc0\n")
+    prints = {}
+    for design in ("xen-v3", "pkvm"):
+        out = tmp_path / f"{design}.sarif"
+        assert main(["check", "--no-z3", "--design", design, "--sarif", str(out),
+                     str(program)]) == exits.FINDINGS
+        [res] = _sarif(out)["runs"][0]["results"]
+        assert res["properties"] == {"design": design}
+        sig = res["message"]["text"].split(" at step")[0]
+        digest = hashlib.sha256(f"{design}/{sig}".encode()).hexdigest()[:32]
+        prints[design] = res["partialFingerprints"]["vsmmuSignature/v1"]
+        assert prints[design] == digest
+    assert prints["xen-v3"] != prints["pkvm"]
+
+
 def test_a_crash_is_located_in_the_model_function_that_raised(tmp_path, program,
                                                               monkeypatch):
     from vsmmu.hw import smmu
