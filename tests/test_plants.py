@@ -79,6 +79,10 @@ dma device=0x0 iova={DMA_IOVA:#x} size=0x3 flags=0x0 ssid=0x0
 reassign guest=0x0 page=0x1a dst=0x1 dst_page=0x0
 dma device=0x0 iova={DMA_IOVA:#x} size=0x3 flags=0x1 ssid=0x0
 """, "tlb-containment"),
+    "s2-unmap-before-sync": (f"""\
+dma device=0x0 iova={DMA_IOVA:#x} size=0x3 flags=0x0 ssid=0x0
+s2_unmap guest=0x0 page=0x1a
+""", "tlb-containment"),
     "deassign-without-quarantine": ("deassign device=0x0", "s2-authority"),
     "torn-ste-update": (f"""\
 deassign device=0x0
@@ -146,6 +150,21 @@ def test_plant_is_found_by_its_program_and_the_correct_model_is_clean(name):
     assert result.violation is not None, f"{name}: not found"
     assert result.violation.invariant == invariant, str(result.violation)
     assert make_runner(plant.target).run(ops).violation is None
+
+
+def test_a_page_freed_before_its_sync_is_seen_only_because_the_smmu_lags():
+    """The physical SMMUs consume commands on ticks (vsmmu/hyp/host.py
+    PHYS_CMDS_PER_TICK): the unsynced TLBI is still queued when the page is freed.
+    An SMMU that consumed on the doorbell would have hidden the missing sync."""
+    ops = parse(PROGRAMS["s2-unmap-before-sync"][0])
+    with planted("s2-unmap-before-sync"):
+        v = make_runner("system").run(ops).violation
+        assert v is not None and v.invariant == "tlb-containment" and v.step == 1
+        assert v.witness["page_owner"] == "free"
+        instant = make_runner("system")
+        for phys in instant.template.hyp.smmus.values():
+            phys.smmu.cmdq_on_doorbell, phys.smmu.cmdq_budget = True, 1024
+        assert instant.run(ops).violation is None
 
 
 def test_the_stray_stream_is_beyond_the_rigs_stream_table():

@@ -187,6 +187,15 @@ def _forgotten_tlbi():
         yield
 
 
+@_plant("s2-unmap-before-sync", 14, "system")
+def _s2_unmap_before_sync():
+    """A stage-2 unmap queues its invalidations but frees the page without waiting
+    for the CMD_SYNC that completes them: the SMMU has not consumed the TLBI yet, so
+    a cached translation outlives the page (XSA-346's class, the hardware behind)."""
+    with _skipping(Hypervisor, "_invalidate_s2", SmmuDriver, "sync"):
+        yield
+
+
 @_plant("deassign-without-quarantine", 14, "system")
 def _deassign_without_quarantine():
     """Taking a device back leaves its physical STE pointing at the guest's stage 2."""

@@ -38,7 +38,10 @@ class Initiator(NamedTuple):
 
 
 class SmmuFrontend:
-    cmdq_budget = 1024  # commands consumed per doorbell; `tick()` continues
+    cmdq_budget = 1024  # commands consumed per doorbell, and per `tick()`
+    # False: a doorbell only tells the SMMU there is work; the queue is consumed on
+    # ticks, at `cmdq_budget` a tick (the hypervisor's physical SMMUs: model time).
+    cmdq_on_doorbell = True
 
     def __init__(self, features: Features, name: str):
         self.feat = features
@@ -158,7 +161,7 @@ class SmmuFrontend:
 
     def _written(self, name: str) -> None:
         """A register write took effect: the doorbells that start the consumer."""
-        if name in ("CR0", "CMDQ_PROD", "GERRORN"):
+        if name in ("CR0", "CMDQ_PROD", "GERRORN") and self.cmdq_on_doorbell:
             self.process_cmdq()
 
     # -------------------------------------------------------------- GERROR

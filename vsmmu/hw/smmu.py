@@ -9,7 +9,8 @@ Model choices where the architecture leaves room (each is also in README):
   * register writes take effect and are acknowledged at once (CR0ACK,
     IRQ_CTRLACK, GBPA.UPDATE clear on completion);
   * the command queue is consumed when PROD, CR0 or GERRORN is written, at
-    most `cmdq_budget` commands per doorbell; `tick()` continues the rest;
+    most `cmdq_budget` commands per doorbell; `tick()` continues the rest
+    (with `cmdq_on_doorbell` off, on ticks only: an SMMU that lags behind);
   * terminate model only (IDR0.STALL_MODEL=0b01): no stalls, no PRI queue;
   * caches keep stale entries wherever invalidation is not architecturally
     guaranteed (see tlb.py), so software that forgets a command is caught.

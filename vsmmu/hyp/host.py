@@ -20,6 +20,11 @@ from ..sw.driver import SmmuDriver
 from ..sw.pagetable import IpaView, PageTable
 
 IPA_BITS = 40  # each guest's IPA space; the vSMMU advertises it as its OAS
+# The physical SMMUs work in model time: commands are consumed on ticks, this many
+# a tick, never on the doorbell, so a command takes effect only when consumed and
+# a CMD_SYNC completes only when the SMMU reaches it (the hypervisor's syncs wait
+# for that; whatever frees a page before its sync is caught).
+PHYS_CMDS_PER_TICK = 16
 GUEST_RAM = 0x4000_0000  # IPA of guest RAM
 # A guest's reserved IOVA == IPA window for its doorbell unless its platform moves it
 # (GuestSpec.sw_msi_start / sw_msi_size_mib); the doorbell is its first page.

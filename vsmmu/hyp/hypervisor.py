@@ -46,6 +46,7 @@ from .host import (
     GUEST_RAM,
     HYP_POOL,
     IPA_BITS,
+    PHYS_CMDS_PER_TICK,
     RAM_POOL,
     GuestMemory,
     PhysicalSmmu,
@@ -138,6 +139,7 @@ class Hypervisor:
         self.view_observers: list = []
         for spec in self.platform.smmus:
             smmu = Smmu(self.mem, spec.features, spec.name)
+            smmu.cmdq_on_doorbell, smmu.cmdq_budget = False, PHYS_CMDS_PER_TICK
             drv = SmmuDriver(smmu, self.mem, self.hyp_alloc, poll=smmu.tick)
             drv.reset(two_level=spec.features.st_2lvl and spec.features.sidsize > 8)
             self.smmus[spec.name] = PhysicalSmmu(spec.name, smmu, drv)
