@@ -98,6 +98,7 @@ SYSTEM = Bias({
     "dma": 14, "cmd": 10, "vste": 8, "cd": 6, "pte": 6, "mmio_write": 6, "reassign": 4,
     "ats": 3, "mem": 3, "s2_unmap": 3, "events": 3, "step": 3, "cmd_burst": 2, "assign": 2,
     "deassign": 2, "s2_map": 2, "recover": 2, "mmio_read": 1, "destroy": 1, "create": 1,
+    "burst": 1,
 })
 VSTE = Bias(
     {"vste": 25, "dma": 20, "cd": 15, "cmd": 15, "pte": 5, "ats": 5, "events": 3, "step": 3,
@@ -109,7 +110,7 @@ COMMAND = Bias({"cmd": 30, "dma": 20, "cmd_burst": 8, "pte": 5, "events": 5, "re
                 "step": 5, "ats": 3, "s2_unmap": 2, "reassign": 2})
 SMMU = Bias({"dma": 20, "vste": 15, "cmd": 15, "cd": 10, "pte": 10, "mmio_write": 8, "ats": 5,
              "mem": 5, "cmd_burst": 3, "step": 3, "events": 3, "recover": 3, "s2_unmap": 2,
-             "s2_map": 2, "deassign": 1, "assign": 1, "destroy": 1, "create": 1})
+             "s2_map": 2, "deassign": 1, "assign": 1, "destroy": 1, "create": 1, "burst": 1})
 VIRTIO = Bias({"viommu_map": 15, "viommu_unmap": 12, "dma": 15, "viommu_req": 12,
                "viommu_attach": 8, "viommu_config": 3, "s2_unmap": 4, "reassign": 4,
                "events": 3, "s2_map": 2, "assign": 2, "deassign": 2, "destroy": 1,
@@ -436,6 +437,9 @@ class Generator:
         elif name == "count" and op_name == "cmd_burst":
             value = r.choices((r.randrange(4), r.randrange(300), r.randrange(1 << 12)),
                               (60, 35, 5))[0]  # past the vSMMU's per-trap budget, rarely huge
+        elif name == "count" and op_name == "burst":  # mostly past a 256-entry queue
+            value = r.choices((r.randrange(8), 255 + r.randrange(64), r.randrange(1024)),
+                              (30, 60, 10))[0]
         elif name == "count":  # step: time is cheap to ask for and dear to run
             value = r.choice((0, 0, 1, 2, r.randrange(16)))
         elif name == "domain":  # virtio-iommu: the few a guest uses, sometimes any

@@ -61,7 +61,7 @@ from vsmmu.sw.driver import SmmuDriver, cd, ste_abort, ste_bypass, ste_nested, s
 from vsmmu.sw.pagetable import IpaView, PageTable
 
 from .hints import Hints
-from .program import OPS
+from .program import OP_BY_NAME, OPS, Op
 from .program import Op as ProgramOp
 from .runner import (
     DMA_BUF,
@@ -296,6 +296,12 @@ def _dma(rig, op):
     if result.fault is not None:
         check_reported(rig.smmu, result.fault, s.sid, ssid, result.recorded, before,
                        kw["translated"])
+
+
+def _burst(rig, op):
+    # Each read a `dma` operation of its own: the same oracles, the same crash frames.
+    for i in range(op.count + 1):
+        _dma(rig, Op(OP_BY_NAME["dma"], (op.device, op.iova + i * PAGE_SIZE, 3, 0, 0)))
 
 
 def _ats(rig, op):

@@ -110,6 +110,9 @@ OPS: tuple[OpSpec, ...] = (
            "2 detach instead)"),
     OpSpec("viommu_config", (GUEST, _u("bypass", 1, 2), _u("features", 1)),
            "guest writes config bypass; features bit 7: renegotiate bits 0-6 first"),
+    OpSpec("burst", (DEVICE, _u("iova", 8), _u("count", 2, 1024)),
+           "device issues count+1 reads a page apart, faster than the event handler "
+           "runs (a fault storm)"),
 )
 OP_BY_NAME = {spec.name: i for i, spec in enumerate(OPS)}
 

@@ -361,6 +361,10 @@ def _dma(system, op):
     system.hyp.dma(device, op.iova, op.size + 1, **kw)
 
 
+def _burst(system, op):
+    system.hyp.burst(_device(system, op.device), op.iova, op.count + 1)
+
+
 def _ats(system, op):
     device = system.hyp.devices[_device(system, op.device)]
     smmu = system.hyp.smmus[device.smmu].smmu

@@ -21,6 +21,7 @@ changes.
 from __future__ import annotations
 
 import functools
+from collections import Counter
 
 from vsmmu.arch.layouts import EVENT, STE, Config
 from vsmmu.arch.virtio_layouts import Status
@@ -64,6 +65,10 @@ class Monitor:
         self._msis_checked = 0
         self._ste_slots: dict[int, tuple[str, int]] = {}  # STE address -> (SMMU, pSID)
         self._written_stes: set[tuple[str, int]] = set()  # written since the last access
+        # Records each physical SMMU has lost, and each vSMMU's overflow signals, as of
+        # the last check (no-silent-event-loss for what the hardware dropped).
+        self._lost_seen = {name: Counter(p.smmu.lost) for name, p in hyp.smmus.items()}
+        self._overflows_seen: dict[str, int] = {}
         self._find_ste_slots()
         hyp.mem.observers.append(self._on_access)
         self._attach_new_guests()
@@ -189,11 +194,37 @@ class Monitor:
         self._check_caches()
         self._check_unmaps()
         self._check_msis()
+        self._check_lost_events()
         if self.z3_checks:
             self._check_z3()
         self.step += 1
         if self.found:
             raise self.found[0]
+
+    def _check_lost_events(self) -> None:
+        """Records the hardware dropped (its queue full) cannot reach their guest; once
+        the hypervisor has handled the overflow, each guest owning a stream whose
+        records were lost has been told: its vSMMU raised the overflow flag since the
+        last check, or still shows one the guest has not acknowledged."""
+        told = {}
+        for guest in self.hyp.guests.values():
+            for vsmmu in guest.vsmmus.values():
+                told[vsmmu.name] = (vsmmu.overflow_pending() or vsmmu.overflows
+                                    > self._overflows_seen.get(vsmmu.name, 0))
+                self._overflows_seen[vsmmu.name] = vsmmu.overflows
+        for name, phys in self.hyp.smmus.items():
+            if phys.smmu.overflow_pending():
+                continue  # not handled yet: judged once the hypervisor acknowledges it
+            seen, self._lost_seen[name] = self._lost_seen[name], Counter(phys.smmu.lost)
+            lost: Counter[str] = Counter()
+            for sid, n in phys.smmu.lost.items():
+                if n > seen[sid] and (owner := phys.owners.get(sid)) is not None:
+                    lost[owner[0]] += n - seen[sid]
+            for guest_name, records in sorted(lost.items()):
+                vsmmu = self.hyp.guests[guest_name].vsmmu_for(name)
+                if vsmmu is not None and not told[vsmmu.name]:  # virtio-iommu: no flag
+                    self._violate(NO_SILENT_EVENT_LOSS, smmu=name, guest=guest_name,
+                                  lost=records, vsmmu=vsmmu.name)
 
     def _check_written_stes(self) -> None:
         written, self._written_stes = self._written_stes, set()

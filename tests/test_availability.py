@@ -95,3 +95,36 @@ def test_ours_tells_a_flooded_guest_and_the_other_keeps_its_events():
     g0 = hyp.guests["g0"].vsmmus["smmu0"]
     assert g0.read(0x100A8) >> 31  # EVENTQ_PROD.OVFLG: g0 is told events were lost
     assert kernels["g1"].drivers["smmu0"].events()  # g1 (nic1, smmu0) still gets its own
+
+
+# A storm: g0's device faults 300 times before the hypervisor's event handler runs.
+# The physical event queue holds 256 records (QUEUE_LOG2 8), so 44 of g0's are lost
+# and nobody can say whose: every guest with a stream on smmu0 is told.
+EVENTQ_PROD, EVENTQ_CONS = 0x100A8, 0x100AC  # page 1; OVFLG / OVACKFLG are bit 31
+
+
+def test_a_physical_overflow_tells_every_guest_on_that_smmu_and_they_keep_working():
+    hyp, mon, kernels = booted("vsmmu")
+    phys = hyp.smmus["smmu0"].smmu
+    hyp.burst("nic0", 0x7000_0000, 300)  # unmapped: a stage-1 F_TRANSLATION each
+    assert phys.lost == {0x10: 44}
+    assert phys.read(EVENTQ_PROD) >> 31 == phys.read(EVENTQ_CONS) >> 31 == 1  # acked
+    g1 = hyp.guests["g1"].vsmmus["smmu0"]
+    assert g1.overflow_pending() and g1.read(EVENTQ_PROD) >> 31  # told, none of its lost
+    assert hyp.guests["g1"].vsmmus["smmu1"].overflows == 0  # nothing lost on smmu1
+    mon.check()
+    hyp.dma("nic1", 0x7000_0000, 4)  # g1's device faults once more: it still arrives
+    batch = kernels["g1"].drivers["smmu0"].events()
+    assert batch.overflow and [f.sid for f in batch.faults] == [0]  # vSID 0, no PA
+    mon.check()
+
+
+def test_a_design_that_does_not_tell_is_found():
+    hyp, mon, _ = booted("vsmmu")
+    hyp.design = replace(hyp.design, signal_lost=False)
+    hyp.burst("nic0", 0x7000_0000, 300)
+    with pytest.raises(Violation) as e:
+        mon.check()
+    assert e.value.invariant == NO_SILENT_EVENT_LOSS
+    assert e.value.witness == {"smmu": "smmu0", "guest": "g0", "lost": 44,
+                               "vsmmu": "g0/smmu0"}

@@ -396,6 +396,6 @@ class QuirkSmmu(Smmu):
             if q.full(L.get(self.regs["EVENTQ_PROD"], "WR"),
                       REG["EVENTQ_CONS"].layout.get(self.regs["EVENTQ_CONS"], "RD")):
                 self._gerror("EVENTQ_ABT_ERR")
-                self.events_lost += 1
+                self.lost[sid] += 1
                 return False
         return super().record_word(word, sid)

@@ -54,7 +54,8 @@ class SmmuFrontend:
         self.regs.update(self.id_regs)
         self.regs["GBPA"] = _L["GBPA"].encode(SHCFG=1)  # use incoming shareability
         self.irqs: Counter[str] = Counter()  # wired interrupts: eventq, gerror, cmd_sync
-        self.events_lost = 0
+        self.lost: Counter[int] = Counter()  # StreamID -> event records lost
+        self.overflows = 0  # times the overflow flag was raised (OVFLG made != OVACKFLG)
         # What this SMMU has been made to do, as "kind:name" (event, cmd, cerror, ste,
         # fault): a fuzzer's coverage table reads it; nothing in the model does.
         self.reached: set[str] = set()
@@ -238,15 +239,13 @@ class SmmuFrontend:
             # recorded.  That is the architecture's choice, not a lost event.
             return False
         if not self._f("CR0ACK", "EVENTQEN"):
-            self.events_lost += 1
+            self.lost[sid] += 1
             return False
         q = self._evtq()
         prod, cons = self.regs["EVENTQ_PROD"], self.regs["EVENTQ_CONS"]
         if q.full(_L["EVENTQ_PROD"].get(prod, "WR"), _L["EVENTQ_CONS"].get(cons, "RD")):
-            # Overflow: flag it once (OVFLG != OVACKFLG) and lose the record.
-            if _L["EVENTQ_PROD"].get(prod, "OVFLG") == _L["EVENTQ_CONS"].get(cons, "OVACKFLG"):
-                self.regs["EVENTQ_PROD"] = prod ^ _L["EVENTQ_PROD"]["OVFLG"].mask
-            self.events_lost += 1
+            self.overflow()
+            self.lost[sid] += 1
             return False
         wr = _L["EVENTQ_PROD"].get(prod, "WR")
         try:
@@ -254,12 +253,31 @@ class SmmuFrontend:
                            Initiator(self.name, "evtq", sid))
         except BusError:
             self._gerror("EVENTQ_ABT_ERR")
-            self.events_lost += 1
+            self.lost[sid] += 1
             return False
         self.regs["EVENTQ_PROD"] = _L["EVENTQ_PROD"].put(prod, "WR", q.inc(wr))
         if self._f("IRQ_CTRLACK", "EVENTQ_IRQEN"):
             self._signal("EVENTQ", "eventq", "MSI_EVENTQ_ABT_ERR")
         return True
+
+    @property
+    def events_lost(self) -> int:
+        return sum(self.lost.values())
+
+    def overflow(self) -> None:
+        """Records were lost: raise the overflow flag (OVFLG made to differ from
+        OVACKFLG, IHI 0070 §7.4), once until software acknowledges it.  A full queue
+        raises it; so does a hypervisor whose own queue lost records a guest's
+        vSMMU would have received."""
+        prod, cons = self.regs["EVENTQ_PROD"], self.regs["EVENTQ_CONS"]
+        if _L["EVENTQ_PROD"].get(prod, "OVFLG") == _L["EVENTQ_CONS"].get(cons, "OVACKFLG"):
+            self.regs["EVENTQ_PROD"] = prod ^ _L["EVENTQ_PROD"]["OVFLG"].mask
+            self.overflows += 1
+
+    def overflow_pending(self) -> bool:
+        """The overflow flag is raised and software has not acknowledged it."""
+        return (_L["EVENTQ_PROD"].get(self.regs["EVENTQ_PROD"], "OVFLG")
+                != _L["EVENTQ_CONS"].get(self.regs["EVENTQ_CONS"], "OVACKFLG"))
 
     # ------------------------------------------------------- command queue
     def _cmdq(self) -> QueueGeometry:

@@ -225,6 +225,9 @@ class Design:
     # invalidated) before anyone else can be given it; without, its old
     # configuration stays live until the next owner's is written.
     park: bool = True
+    # When the physical event queue overflows, the records lost cannot be told apart:
+    # every guest with a stream on that SMMU has its vSMMU's overflow flag raised.
+    signal_lost: bool = True
 
     @cached_property
     def s1_half(self) -> int:

@@ -131,6 +131,9 @@ PROFILE = Profile(PKVM, (
     Choice("events", "the hardware writes into the host's own event queue: nothing "
            "filtered. Modelled as forwarded with addresses as the host sees them (its "
            "stage 2 is an identity map, ours is not)", "19/28, LATE; read"),
+    Choice("event queue overflow", "the host's queue is the hardware's: it sees the "
+           "overflow flag itself. Modelled as every guest with a stream on the SMMU told "
+           "(our mechanism)", "19/28, LATE; read (that the host reads OVFLG: inferred)"),
     Choice("GBPA", "forced to abort: with SMMUEN=0 every transaction aborts",
            "25/28, LATE smmu_abort_gbpa; read"),
     Choice("MSIs", "IDR0.MSI hidden; the *_IRQ_CFG0/1 registers pass through unchecked "

@@ -49,6 +49,11 @@ PROFILE = Profile(REFERENCE, (
            "Documentation/userspace-api/iommufd.rst and iommufd_device_bind (binding "
            "takes DMA ownership first); Gunthorpe, 'iommu: Always use the blocking "
            "domain' (0-v2-f62259511ac0+6-iommu_dma_block_jgg@nvidia.com)"),
+    Choice("lost events", "a guest's full queue raises its own overflow flag; the "
+           "hypervisor's physical queue overflowing raises it on every guest with a "
+           "stream on that SMMU, whose records may be among those lost",
+           "IHI 0070 §7.4 (OVFLG/OVACKFLG); iommufd vEVENTQ lost-events flag "
+           "(IOMMU_VEVENTQ_FLAG_LOST_EVENTS), the same promise to a VMM"),
     Choice("MSIs", "a reserved window in each guest's IPA space whose first page stage 2 "
            "maps to the guest's doorbell: Linux's 0x8000000 + 1 MiB unless the platform "
            "moves it (sw_msi_start / sw_msi_size_mib), refused unless 1 MiB aligned, "

@@ -58,6 +58,7 @@ XEN_V3 = Design(
               "cd_2lvl": False},
     crashes=frozenset({"reserved-config", "live-s1-rewrite"}),
     placement="single",
+    signal_lost=False,
 )
 
 PROFILE = Profile(XEN_V3, (
@@ -102,9 +103,12 @@ PROFILE = Profile(XEN_V3, (
            "12/23 (b3c49d35), 18/23 (51e727a5) arm_vsmmu_handle_evt; forwarding read, "
            "pSID not rewritten inferred (21/23 touches only CFGI); Fancellu on 18/23: "
            "a header stub may leave this path dead in v3 as posted"),
-    Choice("event queue full", "dropped with GERROR.EVTQ_ABT_ERR; the overflow flag never "
-           "set; no rate limit (not modelled: the mechanism's overflow is ours)",
-           "12/23 arm_vsmmu_write_evtq; read"),
+    Choice("event queue full", "the guest's queue full: dropped with GERROR.EVTQ_ABT_ERR, "
+           "the overflow flag never set, no rate limit (not modelled: the mechanism's "
+           "overflow is ours). Xen's own queue overflowing: logged by Xen's driver, no "
+           "guest told", "12/23 arm_vsmmu_write_evtq: read; Xen's SMMUv3 driver "
+           "arm_smmu_evtq_thread ('EVTQ overflow detected -- events lost') and 18/23 "
+           "(records forwarded one by one): inferred"),
     Choice("parking", "a device taken from a domain is quarantined: its DMA faults (basic "
            "quarantine, Xen's default). The series itself is silent on de-assignment; a "
            "device it is given keeps Xen's stage-2-only STE until the guest's first "
