@@ -43,6 +43,7 @@ import properties
 import vsmmu
 from properties.violations import (
     CMD_CONFINEMENT,
+    CMDQ_ISOLATION,
     EVENT_CONFINEMENT,
     HYP_READ_CONFINEMENT,
     HYP_WRITE_CONFINEMENT,
@@ -78,6 +79,7 @@ KIND_FIELDS: dict[str, tuple[str, ...]] = {
     HYP_WRITE_CONFINEMENT: ("purpose",),
     CMD_CONFINEMENT: ("command",),
     EVENT_CONFINEMENT: ("record",),
+    CMDQ_ISOLATION: ("error", "command"),
 }
 
 

@@ -36,6 +36,7 @@ from .predicates import command_confined, event_confined, stage2_authority, trap
 from .violations import (
     BOUNDED_TRAP_WORK,
     CMD_CONFINEMENT,
+    CMDQ_ISOLATION,
     EVENT_CONFINEMENT,
     HYP_READ_CONFINEMENT,
     HYP_WRITE_CONFINEMENT,
@@ -69,6 +70,7 @@ class Monitor:
         # the last check (no-silent-event-loss for what the hardware dropped).
         self._lost_seen = {name: Counter(p.smmu.lost) for name, p in hyp.smmus.items()}
         self._overflows_seen: dict[str, int] = {}
+        self._cmd_errors_seen = {name: len(p.smmu.cmd_errors) for name, p in hyp.smmus.items()}
         self._find_ste_slots()
         hyp.mem.observers.append(self._on_access)
         self._attach_new_guests()
@@ -195,6 +197,7 @@ class Monitor:
         self._check_unmaps()
         self._check_msis()
         self._check_lost_events()
+        self._check_cmdqs()
         if self.z3_checks:
             self._check_z3()
         self.step += 1
@@ -225,6 +228,16 @@ class Monitor:
                 if vsmmu is not None and not told[vsmmu.name]:  # virtio-iommu: no flag
                     self._violate(NO_SILENT_EVENT_LOSS, smmu=name, guest=guest_name,
                                   lost=records, vsmmu=vsmmu.name)
+
+    def _check_cmdqs(self) -> None:
+        """The hypervisor issues only commands the SMMU accepts, so a command error on a
+        physical queue came from what a guest made it issue: the queue stopped for
+        everyone until it was recovered."""
+        for name, phys in self.hyp.smmus.items():
+            errors = phys.smmu.cmd_errors
+            for cmd, err in errors[self._cmd_errors_seen[name]:]:
+                self._violate(CMDQ_ISOLATION, smmu=name, error=err.name, command=cmd)
+            self._cmd_errors_seen[name] = len(errors)
 
     def _check_written_stes(self) -> None:
         written, self._written_stes = self._written_stes, set()

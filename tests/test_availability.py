@@ -1,5 +1,7 @@
-"""Availability: `bounded-trap-work` (properties/predicates.py `trap_work_bound`) and
-`no-silent-event-loss` (an event about a guest's stream that a design keeps from it).
+"""Availability: `bounded-trap-work` (properties/predicates.py `trap_work_bound`),
+`no-silent-event-loss` (an event about a guest's stream that a design keeps from it,
+or that the hardware drops without the guest being told) and `cmdq-isolation` (a
+command error on a physical queue, which stops it for everyone).
 
 Work is what the model counts per slice (one trapped register write, or one
 continuation): guest commands consumed, vSTEs read, physical STEs written,
@@ -18,7 +20,12 @@ from fuzz.program import parse
 from fuzz.targets import runner_for
 from properties.monitor import Monitor
 from properties.predicates import trap_work_bound
-from properties.violations import BOUNDED_TRAP_WORK, NO_SILENT_EVENT_LOSS, Violation
+from properties.violations import (
+    BOUNDED_TRAP_WORK,
+    CMDQ_ISOLATION,
+    NO_SILENT_EVENT_LOSS,
+    Violation,
+)
 from vsmmu.guests.guest import GuestKernel
 from vsmmu.hyp.hypervisor import Hypervisor
 from vsmmu.platform import default_platform
@@ -128,3 +135,28 @@ def test_a_design_that_does_not_tell_is_found():
     assert e.value.invariant == NO_SILENT_EVENT_LOSS
     assert e.value.witness == {"smmu": "smmu0", "guest": "g0", "lost": 44,
                                "vsmmu": "g0/smmu0"}
+
+
+# ------------------------------------------------------------- cmdq-isolation
+def test_a_forwarded_command_the_smmu_refuses_stops_the_queue_and_is_found():
+    """pKVM forwards opcodes it does not list as the host wrote them (22/28): opcode
+    0x00 reaches the hardware, which stops its queue on CERROR_ILL when it gets there
+    (a tick: the physical SMMU works in model time)."""
+    hyp, mon, kernels = booted("pkvm")
+    kernels["g0"].drivers["smmu0"].submit(0x0)
+    hyp.step()
+    with pytest.raises(Violation):
+        mon.check()
+    [stop] = [v for v in mon.found if v.invariant == CMDQ_ISOLATION]
+    assert stop.witness == {"smmu": "smmu0", "error": "ILL", "command": 0}
+
+
+def test_ours_never_stops_a_physical_queue_under_a_command_flood():
+    hyp, mon, kernels = booted("vsmmu")
+    for op in (0x0, 0x20, 0x28, 0x2A, 0x41, 0x44, 0xFF):  # illegal for a guest: CERROR_ILL
+        drv = kernels["g0"].drivers["smmu0"]
+        drv.submit(op)
+        drv.recover()  # the guest's own queue stopped; nothing reached the hardware
+        hyp.step()
+        mon.check()
+    assert all(not p.smmu.cmd_errors for p in hyp.smmus.values())

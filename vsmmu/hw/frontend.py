@@ -55,6 +55,7 @@ class SmmuFrontend:
         self.regs["GBPA"] = _L["GBPA"].encode(SHCFG=1)  # use incoming shareability
         self.irqs: Counter[str] = Counter()  # wired interrupts: eventq, gerror, cmd_sync
         self.lost: Counter[int] = Counter()  # StreamID -> event records lost
+        self.cmd_errors: list[tuple[int | None, CmdError]] = []  # (command, CERROR) each stop
         self.overflows = 0  # times the overflow flag was raised (OVFLG made != OVACKFLG)
         # What this SMMU has been made to do, as "kind:name" (event, cmd, cerror, ste,
         # fault): a fuzzer's coverage table reads it; nothing in the model does.
@@ -310,6 +311,7 @@ class SmmuFrontend:
             cons = _L["CMDQ_CONS"].get(cons_reg, "RD")
             if q.empty(_L["CMDQ_PROD"].get(self.regs["CMDQ_PROD"], "WR"), cons):
                 break
+            cmd = None
             try:
                 cmd = self.mem.read_int(q.addr(cons), CMD_SIZE, Initiator(self.name, "cmdq"))
             except BusError:
@@ -321,6 +323,7 @@ class SmmuFrontend:
             if err:
                 # CONS stays on the failed command until software acks GERROR
                 self.reached.add(f"cerror:{CmdError(err).name}")
+                self.cmd_errors.append((cmd, CmdError(err)))
                 self.regs["CMDQ_CONS"] = _L["CMDQ_CONS"].put(cons_reg, "ERR", err)
                 self._gerror("CMDQ_ERR")
                 break
