@@ -32,8 +32,15 @@ from vsmmu.hyp.hypervisor import Guest, Hypervisor
 from vsmmu.hyp.transfer import GUEST_EVENTS
 from vsmmu.hyp.virtual import VSmmu
 
-from .predicates import command_confined, event_confined, stage2_authority, trap_work_bound
+from .predicates import (
+    command_confined,
+    event_confined,
+    host_memory,
+    stage2_authority,
+    trap_work_bound,
+)
 from .violations import (
+    BOUNDED_HOST_MEMORY,
     BOUNDED_TRAP_WORK,
     CMD_CONFINEMENT,
     CMDQ_ISOLATION,
@@ -198,6 +205,10 @@ class Monitor:
         self._check_msis()
         self._check_lost_events()
         self._check_cmdqs()
+        for guest in self.hyp.guests.values():
+            held, limit = host_memory(guest)
+            if held > limit:
+                self._violate(BOUNDED_HOST_MEMORY, guest=guest.name, held=held, limit=limit)
         if self.z3_checks:
             self._check_z3()
         self.step += 1

@@ -8,6 +8,7 @@ from typing import Any
 
 from vsmmu.arch import bv
 from vsmmu.arch.layouts import CMD_ANY, COMMANDS, EVENT, STE, Config, Op
+from vsmmu.hyp.host import VIRTIO_TABLE_BYTES
 from vsmmu.hyp.transfer import REFERENCE, VSTE_ALLOWED, GuestContext
 
 # The hypervisor's half of a guest stream's STE: every stage-2 field and the VMID.
@@ -96,3 +97,13 @@ def trap_work_bound(vsmmu: Any) -> tuple[int, int]:
     budget = vsmmu.design.cmdq_budget or REFERENCE.cmdq_budget
     streams = len(vsmmu.vsids)
     return budget, budget * (2 + 3 * streams) + 3 * streams
+
+
+def host_memory(guest: Any) -> tuple[int, int]:
+    """(bytes the hypervisor holds on the guest's behalf, the most it declares it may):
+    what a guest's own requests make it allocate, which is its virtio-iommu domains'
+    tables (counted by the tables themselves, whatever pool they came from).  A
+    vSMMU's state is sized by the platform's streams, not by the guest."""
+    if guest.viommu is None:
+        return 0, VIRTIO_TABLE_BYTES
+    return sum(t.table_bytes for t in guest.viommu.backend.tables()), VIRTIO_TABLE_BYTES

@@ -19,6 +19,7 @@ NO_CRASH = "no-crash"
 BOUNDED_TRAP_WORK = "bounded-trap-work"  # availability
 NO_SILENT_EVENT_LOSS = "no-silent-event-loss"  # availability
 CMDQ_ISOLATION = "cmdq-isolation"  # availability
+BOUNDED_HOST_MEMORY = "bounded-host-memory"  # availability
 # The physical SMMU against the architecture (the `smmu` target; properties/architecture.py).
 FAULT_REPORTING = "fault-reporting"
 STREAM_BOUNDS = "stream-bounds"
@@ -28,7 +29,7 @@ INVARIANTS = (
     NO_CROSS_GUEST_DMA, S2_AUTHORITY, S2_CONTAINMENT, TLB_CONTAINMENT, CMD_CONFINEMENT,
     EVENT_CONFINEMENT, HYP_WRITE_CONFINEMENT, HYP_READ_CONFINEMENT, MSI_CONFINEMENT,
     UNMAP_COMPLETION, REQUEST_ATOMICITY, NO_CRASH, BOUNDED_TRAP_WORK, NO_SILENT_EVENT_LOSS,
-    CMDQ_ISOLATION,
+    CMDQ_ISOLATION, BOUNDED_HOST_MEMORY,
 )
 ORACLES = (FAULT_REPORTING, STREAM_BOUNDS, QUEUE_PROTOCOL)
 
@@ -58,6 +59,8 @@ STATEMENTS = {
                        "bounded independently of every guest-controlled size",
     NO_SILENT_EVENT_LOSS: "every event about a guest's stream reaches its event queue, "
                           "or the guest is told that events were lost",
+    BOUNDED_HOST_MEMORY: "the hypervisor memory a guest's requests make it hold stays "
+                         "within a per-guest limit it declares, whatever the guest does",
     CMDQ_ISOLATION: "no guest's action stops a physical command queue (a command error "
                     "there halts it for every guest and the hypervisor)",
     FAULT_REPORTING: "a recordable fault is recorded (and one CD.R=0 or STE.S2R=0 suppresses "

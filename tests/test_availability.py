@@ -17,16 +17,22 @@ from dataclasses import replace
 import pytest
 
 from fuzz.program import parse
+from fuzz.runner import boot, fuzz_platform
 from fuzz.targets import runner_for
 from properties.monitor import Monitor
-from properties.predicates import trap_work_bound
+from properties.predicates import host_memory, trap_work_bound
 from properties.violations import (
+    BOUNDED_HOST_MEMORY,
     BOUNDED_TRAP_WORK,
     CMDQ_ISOLATION,
     NO_SILENT_EVENT_LOSS,
     Violation,
 )
+from vsmmu.arch.virtio_layouts import Status
 from vsmmu.guests.guest import GuestKernel
+from vsmmu.guests.virtio_guest import ViommuError
+from vsmmu.hw.memory import PAGE_SIZE
+from vsmmu.hyp.host import GUEST_RAM, VIRTIO_TABLE_BYTES
 from vsmmu.hyp.hypervisor import Hypervisor
 from vsmmu.platform import default_platform
 
@@ -160,3 +166,40 @@ def test_ours_never_stops_a_physical_queue_under_a_command_flood():
         hyp.step()
         mon.check()
     assert all(not p.smmu.cmd_errors for p in hyp.smmus.values())
+
+
+# ------------------------------------------------------- bounded-host-memory
+GIB = 1 << 30
+
+
+def _scatter(kernel, dom, count: int) -> int:
+    """Map one page at each of `count` GiB-apart IOVAs (a level-2 and a level-3 table
+    each, 8 KiB of the hypervisor's pool); returns how many were mapped."""
+    for i in range(count):
+        try:
+            kernel.dma_map(dom, (i + 1) * GIB, GUEST_RAM, PAGE_SIZE)
+        except ViommuError as e:
+            assert e.status == Status.NOMEM
+            return i
+    return count
+
+
+def test_a_guest_scattering_mappings_hits_its_quota_and_the_other_keeps_mapping():
+    system = boot(fuzz_platform("virtio"), z3=False)
+    g0, g1 = system.kernels["g0"], system.kernels["g1"]
+    mapped = _scatter(g0, system.domains["nic0"], 400)
+    held, limit = host_memory(system.hyp.guests["g0"])
+    assert mapped < 400 and held <= limit == VIRTIO_TABLE_BYTES  # NOMEM before 2 MiB
+    assert limit - held < 2 * PAGE_SIZE  # it stopped at the quota, not before
+    assert _scatter(g1, system.domains["nic1"], 8) == 8  # the pool still serves g1
+    system.monitor.check()
+
+
+def test_an_unbounded_table_pool_is_found():
+    system = boot(fuzz_platform("virtio"), z3=False)
+    system.hyp.guests["g0"].viommu.backend.quota.limit = 1 << 40  # no per-guest limit
+    assert _scatter(system.kernels["g0"], system.domains["nic0"], 300) == 300
+    with pytest.raises(Violation) as e:
+        system.monitor.check()
+    assert e.value.invariant == BOUNDED_HOST_MEMORY
+    assert e.value.witness["guest"] == "g0" and e.value.witness["held"] > 2 << 20

@@ -14,7 +14,7 @@ from ..hw.memory import PAGE_SIZE
 from ..platform import Platform, PlatformError
 from ..sw.driver import CMD_BYTES, EVT_BYTES, STE_BYTES, STRTAB_SPLIT
 from .designs import PROFILES
-from .host import GUEST_RAM, HYP_POOL, IPA_BITS
+from .host import GUEST_RAM, HYP_POOL, IPA_BITS, VIRTIO_TABLE_BYTES
 
 # All guests' RAM together: the hypervisor backs and maps every page at boot, about
 # 6 ms and 70 KB of this process per MiB on the 2-core machine the project runs on.
@@ -57,6 +57,12 @@ def check_bootable(p: Platform) -> None:
     need = sum(stream_table_bytes(s.features) + queues for s in p.smmus)
     need += sum(stage2_bytes(g.ram_mib) for g in p.guests)
     pool = HYP_POOL[1]
+    virtio = sum(g.viommu == "virtio" for g in p.guests)
+    if virtio * VIRTIO_TABLE_BYTES > pool - pool // BOOT_SHARE:
+        raise PlatformError(
+            f"{virtio} virtio-iommu guests: their table quotas ({VIRTIO_TABLE_BYTES >> 20} "
+            f"MiB each) would take more than the {(pool - pool // BOOT_SHARE) >> 20} MiB "
+            "of the hypervisor's pool kept for run time")
     if need > pool // BOOT_SHARE:
         raise PlatformError(
             f"the hypervisor's tables would take {need >> 20} MiB at boot, more than "

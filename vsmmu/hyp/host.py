@@ -15,7 +15,6 @@ from typing import Protocol
 from ..hw.memory import PAGE_SIZE, PhysMem
 from ..hw.smmu import Smmu
 from ..platform import GuestSpec
-from ..sw.alloc import Allocator
 from ..sw.driver import SmmuDriver
 from ..sw.pagetable import IpaView, PageTable
 
@@ -37,6 +36,11 @@ MSI_WINDOW = GuestSpec("default").msi_window
 # CD fetch that skips stage 2 (fuzz/bench/plants.py) was found by 2 of 3 seeds
 # in 34-52 s; here by 3 of 3 in 1.3 s.
 HYP_POOL = (GUEST_RAM, 0x200_0000)
+# The most of that pool the tables of one guest's virtio-iommu domains may take
+# (bounded-host-memory): 64 domains' roots and MSI pages take 1 MiB, the rest is
+# room for about 256 scattered 2 MiB regions of mappings, or dense ones by the
+# thousand.  Past it, MAP and new domains are NOMEM for that guest alone.
+VIRTIO_TABLE_BYTES = 2 << 20
 RAM_POOL = 0x1_0000_0000  # guest RAM is carved from here, above 4 GiB
 MAX_VMID = 1 << 16
 
@@ -113,11 +117,10 @@ class GuestMemory:
 
 
 class Host(Protocol):
-    """What a virtual IOMMU's backend may use of the hypervisor: its memory and table
-    pool, the physical SMMUs, and VMIDs."""
+    """What a virtual IOMMU's backend may use of the hypervisor: its memory, the
+    physical SMMUs, and VMIDs (tables come from the guest's quota of the pool)."""
 
     mem: PhysMem
-    hyp_alloc: Allocator
     smmus: dict[str, PhysicalSmmu]
 
     def take_vmid(self) -> int: ...

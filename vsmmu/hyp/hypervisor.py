@@ -37,7 +37,7 @@ from ..hw.frontend import Initiator
 from ..hw.memory import FREE, HYP, PAGE_SIZE, PhysMem
 from ..hw.smmu import DmaResult, Smmu
 from ..platform import DeviceSpec, GuestSpec, Platform, default_platform
-from ..sw.alloc import Allocator
+from ..sw.alloc import Allocator, Quota
 from ..sw.driver import SmmuDriver, cmd, ste_abort, ste_s2
 from ..sw.pagetable import IpaView, MappingError, PageTable
 from .capacity import check_bootable
@@ -48,6 +48,7 @@ from .host import (
     IPA_BITS,
     PHYS_CMDS_PER_TICK,
     RAM_POOL,
+    VIRTIO_TABLE_BYTES,
     GuestMemory,
     PhysicalSmmu,
     VmidPool,
@@ -194,8 +195,10 @@ class Hypervisor:
         if spec.viommu == "virtio":
             config = ViommuConfig(page_size_mask=PAGE_SIZE, input_range=(0, (1 << IPA_BITS) - 1),
                                   domain_range=(0, VIRTIO_DOMAINS - 1))
-            guest.viommu = VirtioIommu({}, VirtioBackend(self, guest, IPA_BITS), config=config,
-                                       max_mappings=VIRTIO_MAPPINGS, max_domains=VIRTIO_DOMAINS)
+            backend = VirtioBackend(self, guest, IPA_BITS,
+                                    Quota(self.hyp_alloc, VIRTIO_TABLE_BYTES))
+            guest.viommu = VirtioIommu({}, backend, config=config, max_mappings=VIRTIO_MAPPINGS,
+                                       max_domains=VIRTIO_DOMAINS)
             return guest
         if self.design.topology == "host" and spec.name != self.platform.guests[0].name:
             return guest  # a protected VM: no SMMU interface at all

@@ -13,9 +13,10 @@ view; this backend mirrors its decisions into structures the hypervisor owns:
 * UNMAP removes the leaves and invalidates the domain's VMID range before the
   request completes (TLBI_S2_IPA + CMD_SYNC; endpoints have no ATS, EATS=0);
 * a freed domain's table (emptied, the MSI page kept) serves the next new
-  domain, so a guest creating and freeing domains cannot grow the hypervisor's
-  table pool: at most its domain limit of tables, plus what its mapping limit
-  needs;
+  domain, so a guest creating and freeing domains does not grow the table pool;
+  and all the guest's tables come from its `quota` of the pool: its mappings,
+  scattered or churned (tables are never given back), cannot take more, so a
+  MAP or new domain past it is NOMEM for that guest alone (bounded-host-memory);
 * when the hypervisor takes a page away from the guest (unmap, balloon), every
   composed mapping of it is removed and invalidated first (`gpa_gone`): the
   guest's view keeps the mapping, its DMA then faults.
@@ -34,10 +35,11 @@ from dataclasses import dataclass, field
 
 from ..arch.virtio_layouts import MAP_F_READ, MAP_F_WRITE
 from ..hw.memory import PAGE_SIZE
+from ..sw.alloc import OutOfMemory, Quota
 from ..sw.driver import ste_abort, ste_s2
 from ..sw.pagetable import MappingError, PageTable
 from .host import GuestMemory, Host
-from .virtio_iommu import BackendError, BackendFault, VirtioIommu
+from .virtio_iommu import BackendError, BackendFault, BackendNoMem, VirtioIommu
 
 
 @dataclass
@@ -63,12 +65,16 @@ class Unmapped:
 
 
 class VirtioBackend:
-    def __init__(self, hyp: Host, guest: GuestMemory, ipa_bits: int):
-        self.hyp, self.guest, self.ipa_bits = hyp, guest, ipa_bits
+    def __init__(self, hyp: Host, guest: GuestMemory, ipa_bits: int, quota: Quota):
+        self.hyp, self.guest, self.ipa_bits, self.quota = hyp, guest, ipa_bits, quota
         self.domains: dict[int, ComposedDomain] = {}
         self.gpas: dict[int, set[tuple[int, int]]] = defaultdict(set)  # GPA page -> mappings
         self.unmapped: list[Unmapped] = []  # completed since the monitor last looked
         self._spare: list[PageTable] = []  # freed domains' tables, emptied, for reuse
+
+    def tables(self) -> list[PageTable]:
+        """Every table the hypervisor holds for this guest: its domains' and spares."""
+        return [d.table for d in self.domains.values()] + self._spare
 
     # -------------------------------------------------------------- streams
     def _streams(self, endpoint: int):
@@ -86,7 +92,10 @@ class VirtioBackend:
         if bypass:
             self._install(endpoint, self.guest.s2_ste)
             return
-        dom = self.domains.get(domain) or self._new_domain(domain)
+        try:
+            dom = self.domains.get(domain) or self._new_domain(domain)
+        except OutOfMemory as e:
+            raise BackendNoMem(str(e)) from None
         self._install(endpoint, dom.ste)
 
     def detach(self, endpoint: int, bypass: bool) -> None:
@@ -94,13 +103,13 @@ class VirtioBackend:
 
     def _new_domain(self, domain: int) -> ComposedDomain:
 
-        vmid = self.hyp.take_vmid()
         if self._spare:
             table = self._spare.pop()
         else:
-            table = PageTable(self.hyp.mem, self.hyp.hyp_alloc, stage=2, granule=PAGE_SIZE,
+            table = PageTable(self.hyp.mem, self.quota, stage=2, granule=PAGE_SIZE,
                               tsz=64 - self.ipa_bits)
             table.map(self.guest.msi_window[0], self.guest.doorbell, PAGE_SIZE, exec=False)
+        vmid = self.hyp.take_vmid()
         ste = ste_s2(vmid=vmid, ttb=table.ttb, t0sz=table.tsz, sl0=table.sl0, tg=PAGE_SIZE,
                      ps=self.ipa_bits, s2r=True)
         dom = self.domains[domain] = ComposedDomain(domain, vmid, table, ste)
@@ -146,6 +155,9 @@ class VirtioBackend:
         except MappingError as e:  # beyond the table's input range, or the MSI page
             self._remove(dom, iova, done)
             raise BackendError(str(e)) from None
+        except OutOfMemory as e:  # the guest's quota of tables: all of it, or nothing
+            self._remove(dom, iova, done)
+            raise BackendNoMem(str(e)) from None
         dom.generation += 1
 
     def unmap(self, domain: int, iova: int, size: int) -> None:

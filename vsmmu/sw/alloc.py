@@ -36,6 +36,23 @@ class OutOfMemory(Exception):
     """The allocator's region cannot satisfy a request."""
 
 
+class Quota:
+    """A share of an allocator: blocks come from `parent` and are counted here, and
+    past `limit` bytes a request is refused, so one user of a shared allocator
+    cannot exhaust it for the others."""
+
+    def __init__(self, parent: Allocator, limit: int):
+        self.parent, self.limit, self.used = parent, limit, 0
+
+    def alloc(self, size: int, align: int = 8) -> int:
+        if self.used + size > self.limit:
+            raise OutOfMemory(f"quota of {self.limit:#x} bytes: {self.used:#x} used, "
+                              f"{size:#x} more asked for")
+        addr = self.parent.alloc(size, align)
+        self.used += size
+        return addr
+
+
 class Allocator:
     """Hands out aligned blocks of [base, base+size) in increasing order; never frees."""
 

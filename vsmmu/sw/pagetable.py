@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from ..arch.layouts import S1_DESC, S2_DESC, TABLE_DESC
 from ..hw.memory import BusError, PhysMem
 from ..hw.walk import GRANULES, s1_start_level, s2_geometry
-from .alloc import Allocator, MemPort, read_u64, write_u64, zero
+from .alloc import Allocator, MemPort, Quota, read_u64, write_u64, zero
 
 SH_INNER = 0b11
 S2_NORMAL_WB = 0b1111  # MemAttr: Normal, Inner and Outer Write-Back Cacheable
@@ -41,7 +41,7 @@ class PageTable:
     def __init__(
         self,
         mem: MemPort,
-        alloc: Allocator,
+        alloc: Allocator | Quota,
         *,
         stage: int = 1,
         granule: int = 4096,
@@ -73,6 +73,7 @@ class PageTable:
         self.start_level = start
         self._leaf = S1_DESC if stage == 1 else S2_DESC
         self.changes = 0  # descriptors written that a walk reads (see IpaView)
+        self.table_bytes = 0  # memory its tables took (never given back)
         self.root = self._zeroed(max(8 << self._bits(start), 64))
 
     @property
@@ -114,6 +115,7 @@ class PageTable:
     def _zeroed(self, size: int) -> int:
         addr = self.alloc.alloc(size, size)  # tables are aligned to their size
         zero(self.mem, addr, size)
+        self.table_bytes += size
         return addr
 
     def _put(self, slot: int, desc: int) -> None:
