@@ -157,6 +157,8 @@ def _hinted(f: Field, hints: Hints) -> list[int]:
         return [*hints.asids, 0]
     if name == "SSID":
         return [0, 1]
+    if name in ("NUM", "SCALE"):  # range invalidations: one page, or the widest
+        return [0, (1 << f.width) - 1]
     if name == "OP":
         return [op.value for op in Opcode]
     # virtio-iommu requests (byte-struct fields: no addr_lo)
@@ -348,12 +350,13 @@ class Generator:
         word = 0
         for f in reg.layout:
             hinted = _hinted(f, self.h)
-            if f.name == "LOG2SIZE":
-                hinted = [r.randrange(12)]
+            if f.name == "LOG2SIZE":  # small ones mostly; the largest (19) and beyond
+                hinted = [r.randrange(12), r.randrange(12), 19, _raw_max(f)]
             elif f.width == 1:
                 hinted = [int(r.random() < 0.7)]
-            elif f.name in ("WR", "RD"):
-                hinted = [r.randrange(64)]
+            elif f.name in ("WR", "RD"):  # near 0, or at a power of two: a wrap bit
+                bit = r.randrange(20)
+                hinted = [r.randrange(64), r.randrange(64), 1 << bit, (1 << bit) - 1]
             if hinted and r.random() < 0.8:
                 word = _set(word, f, r.choice(hinted))
             elif r.random() < 0.3:

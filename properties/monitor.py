@@ -205,10 +205,7 @@ class Monitor:
         self._check_msis()
         self._check_lost_events()
         self._check_cmdqs()
-        for guest in self.hyp.guests.values():
-            held, limit = host_memory(guest)
-            if held > limit:
-                self._violate(BOUNDED_HOST_MEMORY, guest=guest.name, held=held, limit=limit)
+        self._check_host_memory()
         if self.z3_checks:
             self._check_z3()
         self.step += 1
@@ -249,6 +246,12 @@ class Monitor:
             for cmd, err in errors[self._cmd_errors_seen[name]:]:
                 self._violate(CMDQ_ISOLATION, smmu=name, error=err.name, command=cmd)
             self._cmd_errors_seen[name] = len(errors)
+
+    def _check_host_memory(self) -> None:
+        for guest in self.hyp.guests.values():
+            held, limit = host_memory(guest)
+            if held > limit:
+                self._violate(BOUNDED_HOST_MEMORY, guest=guest.name, held=held, limit=limit)
 
     def _check_written_stes(self) -> None:
         written, self._written_stes = self._written_stes, set()

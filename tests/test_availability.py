@@ -157,13 +157,15 @@ def test_a_forwarded_command_the_smmu_refuses_stops_the_queue_and_is_found():
     assert stop.witness == {"smmu": "smmu0", "error": "ILL", "command": 0}
 
 
-def test_ours_never_stops_a_physical_queue_under_a_command_flood():
+def test_ours_never_stops_a_physical_queue_while_one_guest_floods_and_the_other_works():
     hyp, mon, kernels = booted("vsmmu")
+    flood, other = kernels["g0"].drivers["smmu0"], kernels["g1"].drivers["smmu0"]
     for op in (0x0, 0x20, 0x28, 0x2A, 0x41, 0x44, 0xFF):  # illegal for a guest: CERROR_ILL
-        drv = kernels["g0"].drivers["smmu0"]
-        drv.submit(op)
-        drv.recover()  # the guest's own queue stopped; nothing reached the hardware
-        hyp.step()
+        flood.submit(op)
+        flood.recover()  # the guest's own queue stopped; nothing reached the hardware
+        hyp.burst("nic0", 0x7000_0000, 40)  # and a fault storm besides
+        other.submit(0x10)  # TLBI_NH_ALL: forwarded with g1's VMID...
+        other.sync()  # ...and completed on the physical queue
         mon.check()
     assert all(not p.smmu.cmd_errors for p in hyp.smmus.values())
 

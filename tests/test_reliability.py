@@ -364,3 +364,17 @@ def test_killing_diff_qemu_leaves_no_qemu_running():
     proc.wait(timeout=10)
     assert _gone(lambda: [q for q in qemus if Path(f"/proc/{q}").exists()
                           and b"qemu" in Path(f"/proc/{q}/cmdline").read_bytes()], 10)
+
+
+def test_one_vsmmu_for_smmus_without_a_common_granule_is_one_line(tmp_path, capsys):
+    def change(p):
+        p["design"] = "xen-v3"
+        p["smmu"][0]["features"] = {"granules": [4096]}
+        p["smmu"][1]["features"] = {"granules": [65536]}
+
+    path = _platform(tmp_path, change)
+    prog = tmp_path / "prog.txt"
+    prog.write_text("\n".join(CLEAN) + "\n")
+    assert main(["check", "--platform", str(path), str(prog)]) == exits.USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "share no translation granule" in err, err

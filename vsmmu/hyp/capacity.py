@@ -42,6 +42,10 @@ def stage2_bytes(ram_mib: int) -> int:
 def check_bootable(p: Platform) -> None:
     if p.design not in PROFILES:
         raise PlatformError(f"unknown design {p.design!r} (known: {', '.join(PROFILES)})")
+    if (PROFILES[p.design].design.placement == "single"
+            and not frozenset.intersection(*(s.features.granules for s in p.smmus))):
+        raise PlatformError(f"design {p.design!r} gives a guest one vSMMU for every SMMU, "
+                            "and these SMMUs share no translation granule")
     for s in p.smmus:
         if not (s.features.s1p and s.features.s2p):
             raise PlatformError(
