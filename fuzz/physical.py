@@ -301,7 +301,8 @@ def _dma(rig, op):
 def _burst(rig, op):
     # Each read a `dma` operation of its own: the same oracles, the same crash frames.
     for i in range(op.count + 1):
-        _dma(rig, Op(OP_BY_NAME["dma"], (op.device, op.iova + i * PAGE_SIZE, 3, 0, 0)))
+        iova = (op.iova + i * PAGE_SIZE) % (1 << 64)
+        _dma(rig, Op(OP_BY_NAME["dma"], (op.device, iova, 3, 0, 0)))
 
 
 def _ats(rig, op):

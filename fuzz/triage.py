@@ -79,7 +79,7 @@ KIND_FIELDS: dict[str, tuple[str, ...]] = {
     HYP_WRITE_CONFINEMENT: ("purpose",),
     CMD_CONFINEMENT: ("command",),
     EVENT_CONFINEMENT: ("record",),
-    CMDQ_ISOLATION: ("error", "command"),
+    CMDQ_ISOLATION: ("problem", "error", "command"),
 }
 
 

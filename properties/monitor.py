@@ -36,6 +36,7 @@ from .predicates import (
     command_confined,
     event_confined,
     host_memory,
+    queue_wait_bound,
     stage2_authority,
     trap_work_bound,
 )
@@ -165,6 +166,15 @@ class Monitor:
                 self._violate(NO_SILENT_EVENT_LOSS, vsmmu=vsmmu.name, record=record,
                               vsid=vsid)
             return
+        if kind == "queue wait":  # a fair share of a shared physical queue
+            smmu, behind = what
+            others = sum(g.name != vsmmu.guest.name and g.vsmmu_for(smmu) is not None
+                         for g in self.hyp.guests.values())
+            bound = queue_wait_bound(vsmmu, others)
+            if behind > bound:
+                self._violate(CMDQ_ISOLATION, vsmmu=vsmmu.name, smmu=smmu, problem="delayed",
+                              behind=behind, bound=bound)
+            return
         if kind == "command":  # confined to the guest's streams on the SMMU it goes to
             command, smmu = what
             if not command_confined(command, vsmmu.context(smmu)):
@@ -244,7 +254,8 @@ class Monitor:
         for name, phys in self.hyp.smmus.items():
             errors = phys.smmu.cmd_errors
             for cmd, err in errors[self._cmd_errors_seen[name]:]:
-                self._violate(CMDQ_ISOLATION, smmu=name, error=err.name, command=cmd)
+                self._violate(CMDQ_ISOLATION, smmu=name, problem="stopped", error=err.name,
+                              command=cmd)
             self._cmd_errors_seen[name] = len(errors)
 
     def _check_host_memory(self) -> None:

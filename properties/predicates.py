@@ -99,6 +99,13 @@ def trap_work_bound(vsmmu: Any) -> tuple[int, int]:
     return budget, budget * (2 + 3 * streams) + 3 * streams
 
 
+def queue_wait_bound(vsmmu: Any, others: int) -> int:
+    """The most commands of other guests a guest's CMD_SYNC may wait behind on a
+    physical queue it shares with `others` guests: each one's share (the design's,
+    ours for a design that declares none)."""
+    return (vsmmu.design.cmdq_share or REFERENCE.cmdq_share) * others
+
+
 def host_memory(guest: Any) -> tuple[int, int]:
     """(bytes the hypervisor holds on the guest's behalf, the most it declares it may):
     what a guest's own requests make it allocate, which is its virtio-iommu domains'

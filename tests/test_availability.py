@@ -154,7 +154,8 @@ def test_a_forwarded_command_the_smmu_refuses_stops_the_queue_and_is_found():
     with pytest.raises(Violation):
         mon.check()
     [stop] = [v for v in mon.found if v.invariant == CMDQ_ISOLATION]
-    assert stop.witness == {"smmu": "smmu0", "error": "ILL", "command": 0}
+    assert stop.witness == {"smmu": "smmu0", "problem": "stopped", "error": "ILL",
+                            "command": 0}
 
 
 def test_ours_never_stops_a_physical_queue_while_one_guest_floods_and_the_other_works():
@@ -205,3 +206,40 @@ def test_an_unbounded_table_pool_is_found():
         system.monitor.check()
     assert e.value.invariant == BOUNDED_HOST_MEMORY
     assert e.value.witness["guest"] == "g0" and e.value.witness["held"] > 2 << 20
+
+
+def _flood_then_sync(design):
+    """g0 queues TLBI_NH_ALLs in five traps and never syncs; then g1 invalidates and
+    syncs on smmu0 (its sync waits for its own TLBI).  The cmdq-isolation findings."""
+    hyp, mon, kernels = booted("vsmmu")
+    hyp.design = design
+    for v in hyp.guests["g0"].vsmmus.values():
+        v.design = design
+    flood = kernels["g0"].drivers["smmu0"]
+    for _ in range(5):
+        flood.submit(*[0x10] * 64)  # one PROD write each: a trap of 64
+    kernels["g1"].drivers["smmu0"].submit(0x10)
+    kernels["g1"].drivers["smmu0"].sync()
+    try:
+        mon.check()
+    except Violation:
+        pass
+    return [v for v in mon.found if v.invariant == CMDQ_ISOLATION]
+
+
+def test_without_a_share_one_guest_fills_the_shared_queue_and_is_found():
+    from vsmmu.hyp.transfer import REFERENCE
+    [late] = _flood_then_sync(replace(REFERENCE, cmdq_share=None))
+    assert late.witness["vsmmu"] == "g1/smmu0" and late.witness["problem"] == "delayed"
+    assert late.witness["behind"] > late.witness["bound"] == 64  # one other guest's share
+
+
+def test_with_our_share_a_sync_waits_behind_at_most_one_share_of_each_other_guest():
+    from vsmmu.hyp.transfer import REFERENCE
+    assert _flood_then_sync(REFERENCE) == []
+
+
+@pytest.mark.parametrize("target", ["system", "smmu", "virtio-iommu"])
+def test_a_burst_wraps_at_2_64_like_any_device_address(target):
+    ops = parse("burst device=0x0 iova=0xfffffffffffff000 count=0x3")  # 3 pages past 2^64
+    assert runner_for(target, z3=False).run(ops).violation is None

@@ -132,7 +132,9 @@ def test_xen_v3_gives_a_domu_one_vsmmu_for_both_smmus():
     drv = kernel.drivers["vsmmu"]
     drv.submit(0x11 | 1 << 48)  # TLBI_NH_ASID ASID=1: widened, for every SMMU served
     vmid = hyp.guests["g0"].vmid
-    assert sent == [("smmu0", 0x28 | vmid << 32), ("smmu1", 0x28 | vmid << 32)]
+    # ...and completed before the next command, as Xen's flush does (CMD_SYNC 0x46)
+    assert sent == [("smmu0", 0x28 | vmid << 32), ("smmu1", 0x28 | vmid << 32),
+                    ("smmu0", 0x46), ("smmu1", 0x46)]
     drv.sync()
     sent.clear()
     drv.write_ste(2, 0x1 | 0b100 << 1)  # vSID 2, V=1 Config=bypass: nvme0's STE only

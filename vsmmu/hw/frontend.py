@@ -61,8 +61,9 @@ class SmmuFrontend:
         # fault): a fuzzer's coverage table reads it; nothing in the model does.
         self.reached: set[str] = set()
 
-    def execute(self, cmd: int) -> CmdError:
-        """Perform one 128-bit command; returns the CERROR code (NONE: success)."""
+    def execute(self, cmd: int) -> CmdError | None:
+        """Perform one 128-bit command; returns the CERROR code (NONE: success), or None
+        when it cannot be performed yet (an emulation waiting for room elsewhere)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ registers
@@ -318,6 +319,8 @@ class SmmuFrontend:
                 err = CmdError.ABT
             else:
                 err = self.execute(cmd)
+                if err is None:
+                    break  # not now: the same command on the next doorbell or tick
                 op = cmd & 0xFF
                 self.reached.add(f"cmd:{COMMANDS[op].name[4:] if op in COMMANDS else hex(op)}")
             if err:

@@ -378,7 +378,7 @@ class Hypervisor:
         spec = self.devices[device]
         smmu = self.smmus[spec.smmu].smmu
         for i in range(count):
-            smmu.dma(spec.sid, addr + i * PAGE_SIZE, 4)
+            smmu.dma(spec.sid, (addr + i * PAGE_SIZE) % (1 << 64), 4)  # 64-bit addresses
         self.route_events()
 
     def route_events(self) -> None:

@@ -205,6 +205,11 @@ class Design:
     commands: Mapping[Op, Rule] = field(default_factory=lambda: GUEST_COMMANDS)
     otherwise: Rule = always(Action.ILL)  # an opcode without a rule
     cmdq_budget: int | None = 64  # guest commands one PROD trap consumes; None: all queued
+    # The most forwarded commands a guest may have outstanding on a shared physical
+    # queue: past it, its next forward waits (CONS stays) until the SMMU catches up,
+    # so no guest is behind more than this many of each other guest's.  None: no share.
+    cmdq_share: int | None = 64
+    sync_forwarded: bool = False  # each forwarded command completed before the next
     events: frozenset[Event] = GUEST_EVENTS  # physical events the guest is told of
     s2_events: bool = True  # stage-2 faults among them too (at the guest's own IPA)
     raw_events: bool = False  # forwarded as the hardware wrote them: pSID, PAs and all

@@ -102,11 +102,13 @@ class VSmmu(SmmuFrontend):
         self.installed: dict[int, int] = {}  # vSID -> physical STE last written
         self.pending: dict[int, Fault] = {}  # vSID -> the fault a physical C_BAD_STE stands for
         self._unsynced: set[str] = set()  # SMMUs with forwarded commands not yet synced
+        self._inflight: dict[str, list[int]] = {}  # SMMU -> its queue positions we filled
         # Watchers of what crosses the trust boundary (the invariant monitor):
         # ("command", (physical command word, SMMU name)) and ("event", (guest record,
         # physical record, vSID, fetch IPA)), each before it takes effect; ("dropped",
-        # (physical record, vSID)) for one the design keeps from the guest; ("work",
-        # counts) after each slice of work.
+        # (physical record, vSID)) for one the design keeps from the guest; ("queue
+        # wait", (SMMU name, other issuers' commands ahead)) before a physical SYNC
+        # for the guest; ("work", counts) after each slice of work.
         self.observers: list[Callable[[str, VSmmu, object], None]] = []
         super().__init__(guest_features([p.smmu.feat for p in smmus], ipa_bits, design),
                          f"{guest.name}/{self.key}")
@@ -230,13 +232,19 @@ class VSmmu(SmmuFrontend):
                        for g, _ in self.smmus[name].owners.values())
         return GuestContext(self.guest.vmid, vsids, self.feat.ats, self.design, owns_all)
 
-    def execute(self, cmd: int) -> CmdError:
-        self._count("guest commands")
+    def execute(self, cmd: int) -> CmdError | None:
         action, out = guest_command(cmd, self.context())
+        targets = self._targets(cmd) if action == Action.FORWARD else []
+        share = self.design.cmdq_share
+        if share is not None and any(self.outstanding(p) >= share for p in targets):
+            return None  # its share of a shared queue is full: again on a later tick
+        self._count("guest commands")
         if action == Action.FORWARD:
-            for phys in self._targets(cmd):
+            for phys in targets:
                 self._notify("command", (out, phys.name))
                 self._submit(phys, out)
+            if self.design.sync_forwarded and not self._physical_sync():
+                return CmdError.ILL
         elif action == Action.CFGI_STE:
             self._cfgi(COMMANDS[cmd & 0xFF].decode(cmd))
         elif action == Action.SYNC:
@@ -263,6 +271,14 @@ class VSmmu(SmmuFrontend):
         self._count("physical commands")
         phys.drv.submit(out)
         self._unsynced.add(phys.name)
+        self._inflight.setdefault(phys.name, []).append(phys.drv.submitted)
+
+    def outstanding(self, phys: PhysicalSmmu) -> int:
+        """Commands this vSMMU put on `phys`'s queue that the SMMU has not consumed."""
+        done = phys.drv.submitted - phys.drv.pending()
+        mine = self._inflight[phys.name] = [
+            n for n in self._inflight.get(phys.name, ()) if n > done]
+        return len(mine)
 
     def _cfgi(self, c) -> None:
         if c.OP == Op.CFGI_STE:
@@ -282,6 +298,9 @@ class VSmmu(SmmuFrontend):
         rather than hidden."""
         ok = True
         for name in sorted(self._unsynced):
+            phys = self.smmus[name]
+            # Whose commands the guest's sync waits behind, besides its own.
+            self._notify("queue wait", (name, phys.drv.pending() - self.outstanding(phys)))
             self._count("physical commands")
             try:
                 self.smmus[name].drv.sync()

@@ -295,6 +295,7 @@ class SmmuDriver:
         self._cmdq: QueueGeometry | None = None
         self._evtq: QueueGeometry | None = None
         self._prod = 0  # shadow CMDQ_PROD: only this driver produces
+        self.submitted = 0  # commands queued since the queues were set up
         self._cd_tables: dict[int, CdTable] = {}
 
     # ------------------------------------------------------------ registers
@@ -406,7 +407,7 @@ class SmmuDriver:
     def _init_queues(self, info: SmmuInfo, cmdq_log2: int, evtq_log2: int) -> None:
         self._cmdq = self._new_queue("CMDQ", min(cmdq_log2, info.cmdqs), CMD_BYTES, RA=1)
         self._evtq = self._new_queue("EVENTQ", min(evtq_log2, info.eventqs), EVT_BYTES, WA=1)
-        self._prod = 0
+        self._prod = self.submitted = 0
 
     def _new_queue(self, name: str, log2: int, entry: int, **alloc_hint: int) -> QueueGeometry:
         base = self._zeroed(max(entry << log2, 32))
@@ -424,6 +425,10 @@ class SmmuDriver:
 
     def _cons(self) -> int:
         return self._get("CMDQ_CONS", "RD")
+
+    def pending(self) -> int:
+        """Commands queued that the SMMU has not consumed yet."""
+        return self._queue().used(self._prod, self._cons())
 
     def _cmdq_error(self) -> CommandError | None:
         """The error the queue is stopped on, if GERROR.CMDQ_ERR is active."""
@@ -455,6 +460,7 @@ class SmmuDriver:
                 self._wait(has_room, "command queue space")
             self.mem.write(q.addr(self._prod), word.to_bytes(CMD_BYTES, "little"))
             self._prod = q.inc(self._prod)
+            self.submitted += 1
         self._write("CMDQ_PROD", self._prod)
 
     def sync(self, cs: str = "none", msi_addr: int = 0, msi_data: int = 0) -> None:

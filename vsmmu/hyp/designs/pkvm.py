@@ -83,6 +83,7 @@ PKVM = Design(
     commands=COMMANDS_PKVM,
     otherwise=_raw,
     cmdq_budget=None,
+    cmdq_share=None,
     events=frozenset(Event),
     features={"msi": False},
     crashes=frozenset({"nested-config"}),
@@ -126,8 +127,9 @@ PROFILE = Profile(PKVM, (
            "rewrite edits a copy); other SYNCs complete", "22/28 vs LATE "
            "smmu_filter_command; read (that the rewrite has no effect: our reading)"),
     Choice("commands per trap", "every command from CONS to the new PROD, then a wait "
-           "until the hardware queue is empty", "CL4 ('eagerly consume'), LATE "
-           "smmu_emulate_cmdq_insert; read"),
+           "until the hardware queue is empty (the wait not modelled: only the host "
+           "issues commands there, so no other party's are behind them); no share",
+           "CL4 ('eagerly consume'), LATE smmu_emulate_cmdq_insert; read"),
     Choice("events", "the hardware writes into the host's own event queue: nothing "
            "filtered. Modelled as forwarded with addresses as the host sees them (its "
            "stage 2 is an identity map, ours is not)", "19/28, LATE; read"),

@@ -36,6 +36,11 @@ PROFILE = Profile(REFERENCE, (
            "TLBI_NH_ALL of the guest's VMID; PREFETCH_*: dropped; SYNC: after a physical "
            "SYNC; anything else or SSec=1: CERROR_ILL", "IHI 0070 §4.1-4.7; "
            "shared/DESIGN.md (validated before anything touches hardware)"),
+    Choice("shared queue", "at most 64 forwarded commands outstanding on a physical "
+           "queue per guest; past that the guest's queue waits (CONS stays) until the SMMU "
+           "has consumed some, so a guest's CMD_SYNC waits behind at most 64 of each other "
+           "guest's", "Grall, 3 Dec 2025 (2d07bef7-...@xen.org: 'the scheduling part "
+           "because the resources are shared'); the share is our choice"),
     Choice("commands per trap", "at most 64, the rest on later traps",
            "Xen design doc risk 7 and Grall, 13 Aug 2025 (a guest must not hog the "
            "non-preemptible hypervisor)"),

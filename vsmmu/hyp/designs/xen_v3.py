@@ -50,6 +50,8 @@ XEN_V3 = Design(
     commands=COMMANDS_V3,
     otherwise=always(Action.NOP),
     cmdq_budget=None,
+    cmdq_share=None,
+    sync_forwarded=True,
     events=frozenset({Event.F_TRANSLATION, Event.F_ADDR_SIZE, Event.F_ACCESS,
                       Event.F_PERMISSION}),
     s2_events=False,
@@ -96,6 +98,10 @@ PROFILE = Profile(XEN_V3, (
            "CMDQ_PROD trap under a spinlock; budget and continuation are future work",
            "09/23 vsmmuv3_mmio_write; 23/23 'Future improvements'; Grall 27 Nov 2025 (EL2 "
            "is not preempted); read"),
+    Choice("shared queue", "no share of the physical queue, but each widened flush is "
+           "completed before the next command (CMD_SYNC after it), so a guest leaves "
+           "nothing outstanding there", "09/23; Xen's SMMUv3 driver arm_smmu_iotlb_flush_all "
+           "(insert, then sync); inferred"),
     Choice("CMD_SYNC", "completes in the trap; CS not decoded; IDR0.MSI=0, SEV=0",
            "09/23, 08/23 (25adb33c) IDR0; read"),
     Choice("events", "only stage-1 F_TRANSLATION, F_ADDR_SIZE, F_ACCESS, F_PERMISSION, "
