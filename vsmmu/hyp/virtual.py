@@ -16,8 +16,10 @@ decided by the transfer functions (transfer.py); this class only moves data:
 * guest commands are consumed on a PROD write, at most the design's
   `cmdq_budget` per trap (ours: a guest cannot pin the hypervisor, Xen design
   risk 7); forwarded ones go to the physical queue of the stream they name,
-  or of every SMMU served when they name none, and the guest's CMD_SYNC
-  completes only after a physical CMD_SYNC has on each;
+  or of every SMMU served when they name none, at most the design's
+  `cmdq_share` outstanding there (past it a command waits at CONS for a later
+  tick), and the guest's CMD_SYNC completes only after a physical CMD_SYNC
+  has on each;
 * physical events of the guest's streams come back through `forward`.
 
 Each slice of hypervisor work a guest causes — one trapped register write, or
@@ -303,9 +305,9 @@ class VSmmu(SmmuFrontend):
             self._notify("queue wait", (name, phys.drv.pending() - self.outstanding(phys)))
             self._count("physical commands")
             try:
-                self.smmus[name].drv.sync()
+                phys.drv.sync()
             except CommandError:
-                self.smmus[name].drv.recover()
+                phys.drv.recover()
                 ok = False
         self._unsynced.clear()
         return ok
