@@ -39,8 +39,8 @@ PROFILE = Profile(REFERENCE, (
     Choice("shared queue", "at most 64 forwarded commands outstanding on a physical "
            "queue per guest; past that the guest's queue waits (CONS stays) until the SMMU "
            "has consumed some, so a guest's CMD_SYNC waits behind at most 64 of each other "
-           "guest's", "Grall, 3 Dec 2025 (2d07bef7-...@xen.org: 'the scheduling part "
-           "because the resources are shared'); the share is our choice"),
+           "guest's", "Grall, 3 Dec 2025 (2d07bef7-...@xen.org: scheduling over shared "
+           "resources his main concern); the share is our choice"),
     Choice("commands per trap", "at most 64, the rest on later traps",
            "Xen design doc risk 7 and Grall, 13 Aug 2025 (a guest must not hog the "
            "non-preemptible hypervisor)"),
