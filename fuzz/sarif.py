@@ -46,14 +46,13 @@ def result(rule_id: str, rules: Sequence[dict[str, Any]], message: str,
            locations: Iterable[dict[str, Any]], signature: str,
            level: str = "error", design: str = DEFAULT_DESIGN) -> dict[str, Any]:
     index = next(i for i, r in enumerate(rules) if r["id"] == rule_id)
+    out: dict[str, Any] = {"ruleId": rule_id, "ruleIndex": index, "level": level,
+                           "message": {"text": message}, "locations": list(locations)}
     if design != DEFAULT_DESIGN:
         signature = f"{design}/{signature}"
-    out = {"ruleId": rule_id, "ruleIndex": index, "level": level,
-           "message": {"text": message}, "locations": list(locations),
-           "partialFingerprints": {
-               FINGERPRINT: hashlib.sha256(signature.encode()).hexdigest()[:32]}}
-    if design != DEFAULT_DESIGN:
         out["properties"] = {"design": design}
+    out["partialFingerprints"] = {
+        FINGERPRINT: hashlib.sha256(signature.encode()).hexdigest()[:32]}
     return out
 
 

@@ -61,12 +61,12 @@ def check_bootable(p: Platform) -> None:
     need = sum(stream_table_bytes(s.features) + queues for s in p.smmus)
     need += sum(stage2_bytes(g.ram_mib) for g in p.guests)
     pool = HYP_POOL[1]
-    virtio = sum(g.viommu == "virtio" for g in p.guests)
-    if virtio * VIRTIO_TABLE_BYTES > pool - pool // BOOT_SHARE:
+    virtio, run_time = sum(g.viommu == "virtio" for g in p.guests), pool - pool // BOOT_SHARE
+    if virtio * VIRTIO_TABLE_BYTES > run_time:
         raise PlatformError(
             f"{virtio} virtio-iommu guests: their table quotas ({VIRTIO_TABLE_BYTES >> 20} "
-            f"MiB each) would take more than the {(pool - pool // BOOT_SHARE) >> 20} MiB "
-            "of the hypervisor's pool kept for run time")
+            f"MiB each) would take more than the {run_time >> 20} MiB of the hypervisor's "
+            "pool kept for run time")
     if need > pool // BOOT_SHARE:
         raise PlatformError(
             f"the hypervisor's tables would take {need >> 20} MiB at boot, more than "

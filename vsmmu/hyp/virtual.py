@@ -35,6 +35,7 @@ event the guest's own table deserved (F_STE_FETCH, C_BAD_STREAMID, C_BAD_STE).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -104,7 +105,9 @@ class VSmmu(SmmuFrontend):
         self.installed: dict[int, int] = {}  # vSID -> physical STE last written
         self.pending: dict[int, Fault] = {}  # vSID -> the fault a physical C_BAD_STE stands for
         self._unsynced: set[str] = set()  # SMMUs with forwarded commands not yet synced
-        self._inflight: dict[str, list[int]] = {}  # SMMU -> its queue positions we filled
+        # SMMU -> the positions (driver's `submitted` counts, rising) of its commands
+        # there the SMMU may not have consumed yet
+        self._inflight: dict[str, deque[int]] = {}
         # Watchers of what crosses the trust boundary (the invariant monitor):
         # ("command", (physical command word, SMMU name)) and ("event", (guest record,
         # physical record, vSID, fetch IPA)), each before it takes effect; ("dropped",
@@ -273,13 +276,14 @@ class VSmmu(SmmuFrontend):
         self._count("physical commands")
         phys.drv.submit(out)
         self._unsynced.add(phys.name)
-        self._inflight.setdefault(phys.name, []).append(phys.drv.submitted)
+        self._inflight.setdefault(phys.name, deque()).append(phys.drv.submitted)
 
     def outstanding(self, phys: PhysicalSmmu) -> int:
         """Commands this vSMMU put on `phys`'s queue that the SMMU has not consumed."""
         done = phys.drv.submitted - phys.drv.pending()
-        mine = self._inflight[phys.name] = [
-            n for n in self._inflight.get(phys.name, ()) if n > done]
+        mine = self._inflight.setdefault(phys.name, deque())
+        while mine and mine[0] <= done:  # consumed in order: drop from the front
+            mine.popleft()
         return len(mine)
 
     def _cfgi(self, c) -> None:
